@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dubflow.manifests.samples import SAMPLE_SHOTS
+from dubflow.tasks.media import (
+    AudioTrack,
+    MediaError,
+    probe,
+    quantize_pcm24,
+    read_audio,
+    read_frames,
+    write_video,
+    write_wav,
+)
+
+
+@pytest.mark.parametrize("shot", SAMPLE_SHOTS, ids=lambda s: s.shot_id)
+def test_probe_is_exact_on_every_sample_shot(samples_dir: Path, shot) -> None:
+    info = probe(samples_dir / "shots" / f"{shot.shot_id}.mov", count_samples=True)
+    assert info.frame_count == shot.frame_count == len(read_frames(info.path))
+    assert info.fps == shot.fps and isinstance(info.fps, Fraction)
+    assert (info.width, info.height) == (shot.width, shot.height)
+    (audio,) = info.audio
+    assert audio.sample_rate == 48_000 and audio.layout == shot.layout
+    assert audio.samples == int(shot.frame_count * 48_000 / shot.fps)
+
+
+@pytest.mark.parametrize("fps", [Fraction(24000, 1001), Fraction(30000, 1001), Fraction(24), Fraction(25)])
+@pytest.mark.parametrize(("suffix", "codec"), [(".mp4", "h264"), (".mov", "h264"), (".mov", "prores")])
+def test_frame_exact_round_trip(tmp_path: Path, fps: Fraction, suffix: str, codec: str) -> None:
+    frames = [np.full((64, 96, 3), 4 * i, np.uint8) for i in range(37)]
+    path = write_video(tmp_path / f"clip{suffix}", frames, fps, codec=codec)
+    info = probe(path)
+    assert info.frame_count == 37 and info.fps == fps
+    decoded = read_frames(path)
+    # lossy codecs: the order of frames survives (each frame is a distinct flat grey)
+    assert np.all(np.diff(decoded[:, 32, 48, 0].astype(int)) > 0)
+
+
+@pytest.mark.parametrize(("layout", "channels"), [("mono", 1), ("stereo", 2), ("5.1", 6)])
+@pytest.mark.parametrize("rate", [48_000, 44_100])
+def test_wav_round_trip_is_sample_exact(tmp_path: Path, layout: str, channels: int, rate: int) -> None:
+    audio = np.random.default_rng(0).uniform(-1, 1, (channels, 12_345)).astype(np.float32)
+    path = write_wav(tmp_path / "a.wav", AudioTrack(audio, rate, layout))
+    decoded, decoded_rate = read_audio(path)
+    assert decoded_rate == rate and decoded.shape == audio.shape
+    np.testing.assert_array_equal(decoded, quantize_pcm24(audio) / 2**23)
+    assert probe_audio_layout(path) == layout
+
+
+def probe_audio_layout(path: Path) -> str:
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        assert stream.codec_context.name == "pcm_s24le"
+        return stream.layout.name
+
+
+def test_mov_keeps_51_pcm_sample_exact_beside_picture(tmp_path: Path) -> None:
+    fps = Fraction(24000, 1001)
+    samples = int(25 * 48_000 / fps)
+    audio = np.random.default_rng(1).uniform(-0.5, 0.5, (6, samples)).astype(np.float32)
+    path = write_video(
+        tmp_path / "c.mov", [np.zeros((48, 64, 3), np.uint8)] * 25, fps, [AudioTrack(audio, 48_000, "5.1")]
+    )
+    info = probe(path)
+    assert info.audio[0].channels == 6 and info.audio[0].layout == "5.1"
+    decoded, _ = read_audio(path)
+    np.testing.assert_array_equal(decoded, quantize_pcm24(audio) / 2**23)
+
+
+def test_several_audio_tracks_are_muxed(tmp_path: Path) -> None:
+    tracks = [AudioTrack(np.zeros((c, 4800), np.float32), 48_000, l) for c, l in ((2, "stereo"), (1, "mono"))]
+    path = write_video(tmp_path / "m.mp4", [np.zeros((32, 32, 3), np.uint8)] * 3, Fraction(25), tracks)
+    assert [a.layout for a in probe(path).audio] == ["stereo", "mono"]
+
+
+def test_probe_rejects_non_media(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.mov"
+    junk.write_bytes(b"\x00" * 1000)
+    with pytest.raises(MediaError, match="junk.mov"):
+        probe(junk)
+
+
+def test_channel_mismatch_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(MediaError, match="3 channels"):
+        write_wav(tmp_path / "x.wav", AudioTrack(np.zeros((3, 10), np.float32), 48_000, "stereo"))
