@@ -10,11 +10,6 @@ from pathlib import Path
 from dubflow.manifests.schema import ManifestError, language_name
 from dubflow.tasks.validate import Manifest, validate_manifest
 
-EXIT_OK = 0
-EXIT_PAIRS_FAILED = 1
-EXIT_INVALID_INPUT = 2
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dubflow", description="Batch localization: re-lip locked shots per language.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -40,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "sample":
         manifest_path = _sample(args.dir)
         print(f"wrote sample shots and {manifest_path} (+ manifest.parquet); stems in {args.dir / 'stems'}")
-        return EXIT_OK
+        return 0
     if args.command == "validate":
         try:
             manifest = validate_manifest(args.manifest, args.languages)
@@ -48,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(exc, file=sys.stderr)
             return 1
         print(summary_table(manifest))
-        return EXIT_OK
+        return 0
     if args.command == "run":
         return _run(args.manifest, args.out, args.languages, args.profile, args.run_id)
     if args.command == "demo":

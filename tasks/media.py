@@ -162,7 +162,7 @@ def write_wav(path: Path, track: AudioTrack) -> Path:
     path = Path(path)
     with av.open(str(path), "w", format="wav") as container:
         stream = container.add_stream("pcm_s24le", rate=track.sample_rate, layout=track.layout)
-        _encode_audio(container, stream, track)
+        encode_audio(container, stream, track)
     return path
 
 
@@ -212,7 +212,7 @@ def write_video(
             container.mux(video.encode(frame))
         container.mux(video.encode())
         for stream, track in zip(audio_streams, audio_tracks):
-            _encode_audio(container, stream, track)
+            encode_audio(container, stream, track)
     return path
 
 
@@ -221,7 +221,7 @@ def _chain(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray
     yield from rest
 
 
-def _encode_audio(container: av.container.OutputContainer, stream: av.AudioStream, track: AudioTrack) -> None:
+def encode_audio(container: av.container.OutputContainer, stream: av.AudioStream, track: AudioTrack) -> None:
     samples = np.asarray(track.samples)
     if samples.ndim != 2:
         raise MediaError(f"audio must be (channels, samples), got shape {samples.shape}")

@@ -1,0 +1,197 @@
+"""The localization DAG: validate → per shot (separate) → per (shot, language) (lipdub → remix → mux
+→ qc) → publish. Wiring, failure policy and reporting only; every stage's work is in `tasks/`.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from prefect import flow
+from prefect.artifacts import create_table_artifact
+from prefect.client.orchestration import get_client
+from prefect.futures import PrefectFuture, wait
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from dubflow.manifests.schema import ManifestError, ManifestRow
+from dubflow.models.profiles import ModelProfile, ProfileError, resolve_profile
+from dubflow.tasks.files import sha256_file
+from dubflow.tasks.lipdub import lipdub_pair_task
+from dubflow.tasks.mux import mux_pair_task
+from dubflow.tasks.publish import DeliveryFile, PairOutcome, publish_task
+from dubflow.tasks.qc import qc_pair_task
+from dubflow.tasks.remix import remix_pair_task
+from dubflow.tasks.separate import separate_shot_task
+from dubflow.tasks.validate import validate_manifest
+
+EXIT_OK, EXIT_PAIRS_FAILED, EXIT_INVALID_INPUT = 0, 1, 2
+VERSIONED_PACKAGES = ("dubflow", "torch", "diffusers", "transformers", "peft", "demucs", "prefect", "av", "pyloudnorm")
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_dir: Path
+    outcomes: tuple[PairOutcome, ...]
+    notice: str | None
+
+    @property
+    def failed(self) -> list[PairOutcome]:
+        return [o for o in self.outcomes if o.status != "delivered"]
+
+    def report(self) -> str:
+        lines = [f"{'shot':<16} {'lang':<6} {'status':<10} {'seconds':>8}  reason"]
+        for o in self.outcomes:
+            lines.append(f"{o.shot_id:<16} {o.language:<6} {o.status:<10} {o.seconds:>8.1f}  {o.reason or ''}")
+        delivered = len(self.outcomes) - len(self.failed)
+        lines.append(f"{delivered} of {len(self.outcomes)} pairs delivered to {self.run_dir}")
+        lines.append(f"delivery manifest: {self.run_dir / 'delivery.json'}")
+        if self.notice:
+            lines.append(self.notice)
+        return "\n".join(lines)
+
+
+class PairsFailedError(Exception):
+    """Some (shot, language) pairs failed; the others were delivered."""
+
+    def __init__(self, summary: RunSummary):
+        self.summary = summary
+        names = "; ".join(f"{o.shot_id}/{o.language}: {o.reason}" for o in summary.failed)
+        super().__init__(f"{len(summary.failed)} pair(s) failed — {names}")
+
+
+@dataclass
+class PairChain:
+    """The futures of one (shot, language), in stage order; the first failed one names the reason."""
+
+    row: ManifestRow
+    stages: dict[str, PrefectFuture]
+
+
+@flow(name="localize", task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=True)
+def localize(
+    manifest: Path,
+    out: Path,
+    languages: list[str] | None = None,
+    profile: str = "smoke",
+    run_id: str | None = None,
+) -> RunSummary:
+    validated = validate_manifest(manifest, languages)
+    model_profile = resolve_profile(profile)
+    if model_profile.notice:
+        print(model_profile.notice)
+    run_id = run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = Path(out)
+    work_dir = out / f".{run_id}.work"
+
+    separated = {
+        shot_id: separate_shot_task.submit(shot, model_profile, work_dir) for shot_id, shot in validated.shots.items()
+    }
+    chains = []
+    for row in validated.rows:
+        shot = validated.shots[row.shot_id]
+        take = lipdub_pair_task.submit(shot, row, model_profile, work_dir)
+        remixed = remix_pair_task.submit(take, separated[row.shot_id], shot, work_dir)
+        review = mux_pair_task.submit(take, remixed)
+        qc = qc_pair_task.submit(shot, remixed, review)
+        stages = {"separate": separated[row.shot_id], "lipdub": take, "remix": remixed, "mux": review, "qc": qc}
+        chains.append(PairChain(row, stages))
+    wait([future for chain in chains for future in chain.stages.values()])
+
+    outcomes, files = collect(chains)
+    run_dir = publish_task(out, run_id, files, outcomes, run_info(validated.path, model_profile))
+    summary = RunSummary(run_dir, tuple(outcomes), model_profile.notice)
+    create_table_artifact(
+        key="localization-summary",
+        table=[
+            {"shot": o.shot_id, "language": o.language, "status": o.status, "seconds": round(o.seconds, 2),
+             "output": str(run_dir / o.shot_id / o.language) if o.status == "delivered" else "", "reason": o.reason or ""}
+            for o in outcomes
+        ],
+        description=f"dubflow run {run_id} ({model_profile.name} profile)"
+        + (f" — {model_profile.notice}" if model_profile.notice else ""),
+    )
+    print(summary.report())
+    if summary.failed:
+        raise PairsFailedError(summary)
+    return summary
+
+
+def collect(chains: list[PairChain]) -> tuple[list[PairOutcome], list[DeliveryFile]]:
+    """Each pair's outcome (first failed stage names the reason) and the files of delivered pairs."""
+    outcomes: list[PairOutcome] = []
+    files: list[DeliveryFile] = []
+    shared_beds: set[str] = set()
+    with get_client(sync_client=True) as client:
+        for chain in chains:
+            row = chain.row
+            seconds = sum(
+                client.read_task_run(future.task_run_id).total_run_time.total_seconds()
+                for name, future in chain.stages.items()
+                if name != "separate"  # shared by the shot's languages: not one pair's time
+            )
+            reason = next(
+                (f"{name}: {future.result(raise_on_failure=False)}" for name, future in chain.stages.items()
+                 if future.state.is_failed() or future.state.is_crashed()),
+                None,
+            )
+            if reason is None and not chain.stages["qc"].state.is_completed():
+                reason = f"did not finish ({chain.stages['qc'].state.name})"
+            outcomes.append(PairOutcome(row.shot_id, row.language, "failed" if reason else "delivered", reason, seconds))
+            if reason:
+                continue
+            separated = chain.stages["separate"].result()
+            remixed = chain.stages["remix"].result()
+            prefix = f"{row.shot_id}/{row.language}/{row.shot_id}_{row.language}"
+            files += [
+                DeliveryFile(chain.stages["mux"].result(), f"{prefix}.mp4", "review_mp4", row.shot_id, row.language),
+                DeliveryFile(remixed.mix, f"{prefix}_mix.wav", "mix", row.shot_id, row.language),
+                DeliveryFile(remixed.dialogue, f"{prefix}_dx.wav", "dx", row.shot_id, row.language),
+                DeliveryFile(chain.stages["qc"].result(), f"{prefix}_qc.json", "qc", row.shot_id, row.language),
+            ]
+            if row.shot_id not in shared_beds:
+                shared_beds.add(row.shot_id)
+                files.append(DeliveryFile(separated.bed, f"{row.shot_id}/{row.shot_id}_me.wav", "me", row.shot_id, None))
+    return outcomes, files
+
+
+def run_info(manifest_path: Path, profile: ModelProfile) -> dict:
+    """What the delivery manifest records about how it was made (never credentials)."""
+    versions = {}
+    for package in VERSIONED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source_manifest": {"name": Path(manifest_path).name, "sha256": sha256_file(manifest_path)},
+        "profile": {"name": profile.name, "random_weights": profile.random_weights, "notice": profile.notice},
+        "models": {
+            "lipdub_base": profile.lipdub_weights.name,
+            "lipdub_lora": profile.lipdub_lora.name,
+            "lipdub_lora_sha256": sha256_file(profile.lipdub_lora),
+            "separator": profile.separator_name,
+        },
+        "versions": versions,
+    }
+
+
+def run_localization(
+    manifest: Path, out: Path, languages: list[str] | None = None, profile_name: str = "smoke", run_id: str | None = None
+) -> int:
+    """Run the flow and map its end to the CLI's exit codes: 0 delivered, 1 pairs failed, 2 bad input."""
+    state = localize(manifest, out, languages, profile_name, run_id, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if state.is_completed():
+        return EXIT_OK
+    if isinstance(result, PairsFailedError):
+        print(result.summary.report(), file=sys.stderr)
+        return EXIT_PAIRS_FAILED
+    if isinstance(result, (ManifestError, ProfileError)):
+        print(result, file=sys.stderr)
+        return EXIT_INVALID_INPUT
+    print(f"run failed: {result}", file=sys.stderr)
+    return EXIT_PAIRS_FAILED

@@ -1,0 +1,103 @@
+"""Model profiles: which weights a run uses, where they live, and how they run.
+
+- `smoke`: tiny random-weight LTX-2 components and a tiny HTDemucs, built on first use into the
+  cache and then loaded through exactly the code path real weights take. Runs on CPU in seconds.
+  Its pictures and voices are noise: it checks the plumbing, never the quality.
+- `ltx-2.3`: the real LTX-2.3 base + LipDub IC-LoRA from a local diffusers-format directory, and
+  Demucs `htdemucs` (hub cache, or a local demucs model folder).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+PROFILE_NAMES = ("smoke", "ltx-2.3")
+LIPDUB_LORA_FILE = "ltx-2.3-22b-ic-lora-lipdub-0.9.safetensors"
+SMOKE_NOTICE = (
+    "SMOKE PROFILE: tiny random-weight models — the dubbed pictures and voices are noise. "
+    "This run checks the plumbing, not the quality."
+)
+
+
+class ProfileError(Exception):
+    """A profile cannot be used as asked (unknown name, weights missing)."""
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    name: str
+    random_weights: bool
+    device: str
+    separator_name: str
+    separator_repo: Path | None  # a local demucs model folder; None = demucs' own hub cache
+    lipdub_weights: Path  # diffusers-format directory of the LTX-2 base
+    lipdub_lora: Path  # IC-LoRA safetensors in the official key format
+    max_height: int | None  # generation height cap (smoke only); None = the shot's own size
+    num_inference_steps: int | None  # None = the pipeline's default
+
+    @property
+    def notice(self) -> str | None:
+        return SMOKE_NOTICE if self.random_weights else None
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DUBFLOW_CACHE", Path.home() / ".cache" / "dubflow"))
+
+
+_build_lock = threading.Lock()
+
+
+def resolve_profile(name: str) -> ModelProfile:
+    """Resolve a profile by name, building the smoke models into the cache on first use."""
+    if name == "smoke":
+        from dubflow.models.lipdub import build_smoke_weights
+        from dubflow.models.separator import build_smoke_separator
+
+        root = cache_dir() / "smoke"
+        with _build_lock:
+            separator_name, separator_repo = build_smoke_separator(root / "demucs")
+            weights = build_smoke_weights(root / "ltx-2")
+        return ModelProfile(
+            name="smoke",
+            random_weights=True,
+            device="cpu",
+            separator_name=separator_name,
+            separator_repo=separator_repo,
+            lipdub_weights=weights,
+            lipdub_lora=weights / LIPDUB_LORA_FILE,
+            max_height=128,
+            num_inference_steps=2,
+        )
+    if name == "ltx-2.3":
+        weights = Path(os.environ.get("DUBFLOW_LTX_WEIGHTS", cache_dir() / "ltx-2.3"))
+        lora = weights / LIPDUB_LORA_FILE
+        if not (weights / "model_index.json").is_file() or not lora.is_file():
+            raise ProfileError(
+                f"ltx-2.3 weights not found in {weights} (need model_index.json and {LIPDUB_LORA_FILE}); "
+                "set DUBFLOW_LTX_WEIGHTS to a diffusers-format LTX-2.3 directory holding the LipDub IC-LoRA"
+            )
+        demucs_repo = os.environ.get("DUBFLOW_DEMUCS_REPO")
+        return ModelProfile(
+            name="ltx-2.3",
+            random_weights=False,
+            device="cuda" if torch.cuda.is_available() else "cpu",
+            separator_name=os.environ.get("DUBFLOW_DEMUCS_MODEL", "htdemucs"),
+            separator_repo=Path(demucs_repo) if demucs_repo else None,
+            lipdub_weights=weights,
+            lipdub_lora=lora,
+            max_height=None,
+            num_inference_steps=None,
+        )
+    raise ProfileError(f"unknown model profile {name!r}; choose one of {', '.join(PROFILE_NAMES)}")
+
+
+def load_lipdub(profile: ModelProfile):  # -> LipDubModel (import deferred: diffusers is heavy)
+    from dubflow.models.lipdub import get_resident_model
+
+    dtype = torch.bfloat16 if profile.device.startswith("cuda") else torch.float32
+    return get_resident_model(profile.lipdub_weights, profile.lipdub_lora, profile.device, dtype)

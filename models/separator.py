@@ -1,0 +1,477 @@
+"""Dialogue / bed separation with Demucs 4.1.
+
+Dialogue is the model's ``vocals`` stem; the bed (M&E) is ``mix - dialogue`` at the delivery rate, so
+``dialogue + bed`` gives back the mix (to float32 rounding) and nothing of the soundtrack is lost.
+
+Flow of one call to :meth:`Separator.separate`::
+
+    audio (C, N) @ any rate ──resample once──► mix48 (C, N48)            N48 = round(N * 48000 / rate)
+    per chunk of mix48 (with context margins, crossfaded):
+        dialogue channel group ──► model channels ──► 44.1 kHz ──► apply_model(split=True) ──► vocals
+        ──► 48 kHz, exactly the chunk's length ──► back to the group's channel count
+    dialogue (C, N48): the group's channels carry the estimate, every other channel is exactly 0
+    bed = mix48 - dialogue
+
+Channel layouts use FFmpeg/PyAV names. ``mono`` and ``stereo`` are separated as they are (mono is
+duplicated to the model's two channels and its stereo estimate averaged back). ``5.1`` and
+``5.1(side)`` are separated from the centre channel only (FFmpeg order FL FR FC LFE ..., FC is
+index 2), which carries the dialogue; the other five channels go to the bed untouched. Nothing is
+dropped: Demucs itself would silently keep only the first two channels of a multichannel input
+(``demucs.audio.convert_audio_channels``), which is why channel handling happens here. Any other
+layout with more than two channels is refused with a ValueError.
+
+Models load through Demucs' own loader, ``demucs.pretrained.get_model(name, repo)``: a hub name
+(``htdemucs``, repo None, online only) or a local model folder in Demucs' repo format (``<sig>.th`` or
+``<sig>-<sha256[:8]>.th`` packages plus ``<name>.yaml`` bags). :func:`build_smoke_separator` writes a
+tiny random-weight HTDemucs in exactly that format, so the smoke profile goes through the same code
+path as real weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+import warnings
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
+from pathlib import Path
+from typing import ClassVar
+
+import demucs
+import julius
+import numpy as np
+import torch
+import yaml
+from demucs import states
+from demucs.apply import BagOfModels, apply_model
+from demucs.htdemucs import HTDemucs
+from demucs.pretrained import get_model
+
+__all__ = [
+    "DELIVERY_SAMPLE_RATE",
+    "DIALOGUE_SOURCE",
+    "SMOKE_MODEL_NAME",
+    "SUPPORTED_LAYOUTS",
+    "ModelLoadError",
+    "Separator",
+    "Stems",
+    "build_smoke_separator",
+    "clear_resident_separators",
+    "delivery_length",
+    "get_resident_separator",
+    "resample_to_delivery",
+]
+
+DELIVERY_SAMPLE_RATE = 48000
+DIALOGUE_SOURCE = "vocals"
+
+# layout name -> (channel count, input channels the dialogue is separated from)
+_LAYOUTS: dict[str, tuple[int, tuple[int, ...]]] = {
+    "mono": (1, (0,)),
+    "stereo": (2, (0, 1)),
+    "5.1": (6, (2,)),  # FL FR FC LFE BL BR
+    "5.1(side)": (6, (2,)),  # FL FR FC LFE SL SR
+}
+SUPPORTED_LAYOUTS: tuple[str, ...] = tuple(_LAYOUTS)
+
+# Chunking of long inputs (at 48 kHz): each chunk is separated with this much context on both sides
+# (discarded afterwards) and consecutive chunks are crossfaded linearly over _CROSSFADE_SECONDS.
+_CONTEXT_SECONDS = 2.0
+_CROSSFADE_SECONDS = 1.0
+
+# ---------------------------------------------------------------------------------------------
+# Smoke model: a tiny random-weight HTDemucs in Demucs' own package format.
+# ---------------------------------------------------------------------------------------------
+
+SMOKE_MODEL_NAME = "dubflow_smoke_htdemucs"
+_SMOKE_SEED = 0
+_SMOKE_FORMAT = 1  # bump when the recipe below changes so that the signature changes with it
+_SMOKE_KWARGS: dict = {
+    "sources": ["drums", "bass", "other", "vocals"],
+    "audio_channels": 2,
+    "samplerate": 44100,
+    "segment": 4,  # seconds; htdemucs uses 7.8. Short so tests exercise the overlap-add of apply_model.
+    "channels": 4,
+    "depth": 4,  # keeps nfft=4096 and the frequency/time branch geometry of the real model
+    "dconv_comp": 4,
+    "t_layers": 1,
+    "t_heads": 4,
+}
+
+
+def _smoke_signature() -> str:
+    """8 hex chars like Demucs' own signatures, derived from the recipe (never contains '-')."""
+    recipe = {"kwargs": _SMOKE_KWARGS, "seed": _SMOKE_SEED, "format": _SMOKE_FORMAT}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _model_files(repo_dir: Path, sig: str) -> list[Path]:
+    """Package files `demucs.repo.LocalRepo` would map to `sig`."""
+    found = []
+    for file in repo_dir.iterdir():
+        if file.suffix != ".th":
+            continue
+        file_sig = file.stem.rsplit("-", 1)[0] if "-" in file.stem else file.stem
+        if file_sig == sig:
+            found.append(file)
+    return found
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def build_smoke_separator(repo_dir: Path) -> tuple[str, Path]:
+    """Write the tiny random HTDemucs into `repo_dir` as a Demucs local model repo.
+
+    Writes `<sig>-<sha256[:8]>.th` (via `demucs.states.save_with_checksum`, the package dict that
+    `demucs.states.serialize_model` makes: klass, args, kwargs, half-precision state, training_args)
+    and the bag `<SMOKE_MODEL_NAME>.yaml` (``models: [sig]``). Deterministic (fixed seed) and
+    idempotent: an existing package for the signature is kept, the yaml is only rewritten when its
+    content differs. Returns ``(model_name, repo_dir)`` for `Separator` / `get_model(name, repo=)`.
+    """
+    repo_dir = Path(repo_dir)
+    repo_dir.mkdir(parents=True, exist_ok=True)
+    sig = _smoke_signature()
+
+    if not _model_files(repo_dir, sig):
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.manual_seed(_SMOKE_SEED)
+            model = HTDemucs(**_SMOKE_KWARGS)
+        args, kwargs = model._init_args_kwargs
+        # Same dict as demucs.states.serialize_model(model, training_args, half=True); that function
+        # needs omegaconf (a training-only dependency) just to turn training_args into a plain dict.
+        package = {
+            "klass": model.__class__,
+            "args": args,
+            "kwargs": kwargs,
+            "state": states.get_state(model, None, half=True),
+            "training_args": {"dubflow_smoke": True, "seed": _SMOKE_SEED, "format": _SMOKE_FORMAT},
+        }
+        with tempfile.TemporaryDirectory(dir=repo_dir, prefix=".smoke-") as tmp:
+            states.save_with_checksum(package, Path(tmp) / f"{sig}.th")
+            (written,) = Path(tmp).glob("*.th")
+            if not _model_files(repo_dir, sig):  # another process may have won the race
+                os.replace(written, repo_dir / written.name)
+
+    bag = yaml.safe_dump({"models": [sig]}).encode()
+    bag_path = repo_dir / f"{SMOKE_MODEL_NAME}.yaml"
+    if not bag_path.exists() or bag_path.read_bytes() != bag:
+        _write_atomic(bag_path, bag)
+    return SMOKE_MODEL_NAME, repo_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# Resampling
+# ---------------------------------------------------------------------------------------------
+
+
+def delivery_length(num_samples: int, sample_rate: int) -> int:
+    """Sample count at 48 kHz of `num_samples` at `sample_rate`: round(n * 48000 / rate), exact."""
+    return round(Fraction(num_samples * DELIVERY_SAMPLE_RATE, sample_rate))
+
+
+@lru_cache(maxsize=16)
+def _resampler(old_sr: int, new_sr: int) -> julius.ResampleFrac:
+    return julius.ResampleFrac(old_sr, new_sr)  # reduces the rates by their gcd itself
+
+
+def _resample(x: torch.Tensor, old_sr: int, new_sr: int, output_length: int | None = None,
+              full: bool = False) -> torch.Tensor:
+    """Windowed-sinc resampling (julius, the resampler Demucs itself uses) along the last axis."""
+    if old_sr == new_sr:
+        return x if output_length is None else x[..., :output_length]
+    return _resampler(old_sr, new_sr)(x, output_length=output_length, full=full)
+
+
+def resample_to_delivery(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """(channels, samples) float audio -> float32 at 48 kHz with exactly `delivery_length` samples.
+
+    This is the mix the stems add up to: `Stems.dialogue + Stems.bed == resample_to_delivery(audio,
+    rate)`. Resamples one channel at a time to keep the temporaries small. Returns the input itself
+    when it is already float32 at 48 kHz.
+    """
+    audio = np.asarray(audio)
+    if audio.ndim != 2:
+        raise ValueError(f"audio must be (channels, samples), got shape {audio.shape}")
+    if sample_rate == DELIVERY_SAMPLE_RATE:
+        return np.asarray(audio, dtype=np.float32)
+    length = delivery_length(audio.shape[1], sample_rate)
+    out = np.empty((audio.shape[0], length), dtype=np.float32)
+    if length == 0:
+        return out
+    with torch.inference_mode():
+        for channel in range(audio.shape[0]):
+            x = torch.from_numpy(np.ascontiguousarray(audio[channel], dtype=np.float32))
+            out[channel] = _resample(x, sample_rate, DELIVERY_SAMPLE_RATE, output_length=length).numpy()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Separation
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: element-wise array __eq__ cannot make a bool
+class Stems:
+    dialogue: np.ndarray  # (channels, samples) float32 at 48 kHz, same channel count as the input
+    bed: np.ndarray  # mix48 - dialogue, so dialogue + bed == mix48 to float32 precision
+    sample_rate: int  # 48000
+    dialogue_channels: tuple[int, ...]  # input channels the dialogue was separated from
+
+
+class ModelLoadError(RuntimeError):
+    """A Demucs model could not be loaded (unknown name, bad package, hub unreachable...)."""
+
+
+def _dialogue_group(channel_layout: str, channels: int) -> tuple[int, ...]:
+    known = _LAYOUTS.get(channel_layout)
+    if known is not None:
+        expected, group = known
+        if channels != expected:
+            raise ValueError(
+                f"channel layout {channel_layout!r} has {expected} channel(s) but the audio has {channels}"
+            )
+        return group
+    if channels <= 2:  # e.g. PyAV's "downmix" or "2 channels": separate the channels as they are
+        return tuple(range(channels))
+    raise ValueError(
+        f"unsupported channel layout {channel_layout!r} ({channels} channels): dubflow separates "
+        f"dialogue from {', '.join(SUPPORTED_LAYOUTS)} (5.1 layouts from the centre channel FC); "
+        "it will not drop or downmix other multichannel layouts silently"
+    )
+
+
+def _load_demucs(model_name: str, repo: Path | None) -> BagOfModels | torch.nn.Module:
+    if repo is not None and not repo.is_dir():
+        # demucs' get_model would call sys.exit() through demucs.utils.fatal here.
+        raise FileNotFoundError(f"Demucs model folder {repo} does not exist or is not a directory")
+    where = f"local repo {repo}" if repo is not None else "the HuggingFace hub / Demucs remote repo"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return get_model(model_name, repo=repo)
+    except SystemExit as exc:  # demucs.utils.fatal, e.g. a diffq-quantized model without diffq
+        raise ModelLoadError(f"could not load Demucs model {model_name!r} from {where}") from exc
+    except Exception as exc:
+        hint = "" if repo is not None else " (offline? pass repo=<folder with .th packages and .yaml bags>)"
+        raise ModelLoadError(f"could not load Demucs model {model_name!r} from {where}: {exc}{hint}") from exc
+
+
+def _repo_fingerprint(repo: Path, model_name: str) -> str:
+    """Content identity of the files `model_name` loads from a local repo."""
+    digest = hashlib.sha256()
+    bag = repo / f"{model_name}.yaml"
+    if bag.is_file():
+        data = bag.read_bytes()
+        digest.update(data)
+        sigs = list(yaml.safe_load(data).get("models", []))
+    else:
+        sigs = [model_name]
+    for sig in sigs:
+        for file in sorted(_model_files(repo, sig)):
+            digest.update(file.name.encode())
+            if "-" not in file.stem:  # no checksum in the name: hash the content
+                digest.update(hashlib.sha256(file.read_bytes()).digest())
+    return digest.hexdigest()[:16]
+
+
+class Separator:
+    """A loaded Demucs model plus the dialogue/bed logic. Load once, call `separate` many times."""
+
+    load_count: ClassVar[int] = 0  # incremented on every successful model load (residency checks)
+    _count_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(
+        self,
+        model_name: str,
+        repo: Path | None,
+        device: str = "cpu",
+        shifts: int = 0,
+        segment: float | None = None,
+        *,
+        overlap: float = 0.25,
+        chunk_seconds: float = 60.0,
+    ) -> None:
+        if shifts < 0:
+            raise ValueError(f"shifts must be >= 0, got {shifts}")
+        if not 0.0 <= overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        if chunk_seconds < 4 * _CROSSFADE_SECONDS:
+            raise ValueError(f"chunk_seconds must be >= {4 * _CROSSFADE_SECONDS}, got {chunk_seconds}")
+        self.model_name = model_name
+        self.repo = Path(repo) if repo is not None else None
+        self.device = str(device)
+        self.shifts = int(shifts)
+        self.overlap = float(overlap)
+        self.chunk_seconds = float(chunk_seconds)
+
+        model = _load_demucs(model_name, self.repo)
+        if DIALOGUE_SOURCE not in model.sources:
+            raise ModelLoadError(f"Demucs model {model_name!r} has no {DIALOGUE_SOURCE!r} source: {model.sources}")
+        if model.audio_channels not in (1, 2):
+            raise ModelLoadError(f"Demucs model {model_name!r} has {model.audio_channels} audio channels")
+        if isinstance(model, BagOfModels):
+            max_segment = model.max_allowed_segment
+        elif isinstance(model, HTDemucs):
+            max_segment = float(model.segment)
+        else:
+            max_segment = float("inf")
+        if segment is not None and not 0 < segment <= max_segment:
+            # Transformer models cannot run longer segments than they were trained on.
+            raise ValueError(f"segment must be in (0, {max_segment}] s for {model_name!r}, got {segment}")
+        self.segment = segment
+        self.model = model.to(self.device).eval()
+        self.samplerate: int = int(model.samplerate)
+        self.sources: list[str] = list(model.sources)
+        self._vocals = self.sources.index(DIALOGUE_SOURCE)
+        self._lock = threading.Lock()  # one inference at a time per resident model
+        fingerprint = f"@{_repo_fingerprint(self.repo, model_name)}" if self.repo is not None else ""
+        self.model_identity = f"demucs=={demucs.__version__}:{model_name}{fingerprint}"
+        with Separator._count_lock:
+            Separator.load_count += 1
+
+    @property
+    def params(self) -> dict:
+        """Parameters that change the output; part of a content-addressed cache key."""
+        return {
+            "model": self.model_identity,
+            "shifts": self.shifts,
+            "segment": self.segment,
+            "overlap": self.overlap,
+            "chunk_seconds": self.chunk_seconds,
+            "dialogue_source": DIALOGUE_SOURCE,
+        }
+
+    def separate(self, audio: np.ndarray, sample_rate: int, channel_layout: str) -> Stems:
+        """Split (channels, samples) float audio at any rate into 48 kHz dialogue and bed."""
+        audio = np.asarray(audio)
+        if audio.ndim != 2 or audio.shape[0] < 1:
+            raise ValueError(f"audio must be (channels, samples), got shape {audio.shape}")
+        if not np.issubdtype(audio.dtype, np.floating):
+            raise ValueError(f"audio must be floating point (-1..1), got {audio.dtype}")
+        if int(sample_rate) != sample_rate or sample_rate <= 0:
+            raise ValueError(f"invalid sample rate {sample_rate!r}")
+        sample_rate = int(sample_rate)
+        group = _dialogue_group(channel_layout, audio.shape[0])
+        if not np.isfinite(audio).all():
+            raise ValueError("audio contains NaN or infinite samples")
+
+        mix48 = resample_to_delivery(audio, sample_rate)
+        private = mix48 is not audio and not np.shares_memory(mix48, audio)
+        dialogue = np.zeros_like(mix48)
+        if mix48.shape[1] > 0:
+            with self._lock, torch.inference_mode():
+                self._separate_group(mix48, group, dialogue)
+        if private:
+            bed = mix48
+            bed -= dialogue
+        else:
+            bed = mix48 - dialogue
+        return Stems(dialogue=dialogue, bed=bed, sample_rate=DELIVERY_SAMPLE_RATE, dialogue_channels=group)
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _separate_group(self, mix48: np.ndarray, group: tuple[int, ...], dialogue: np.ndarray) -> None:
+        """Write the dialogue estimate of channels `group` of `mix48` into `dialogue` (same shape)."""
+        assert list(group) == list(range(group[0], group[-1] + 1)), group
+        rows = slice(group[0], group[-1] + 1)
+        source = mix48[rows]
+        total = source.shape[1]
+        mean, std = _ref_mean_std(source)
+
+        hop = int(round(self.chunk_seconds * DELIVERY_SAMPLE_RATE))
+        fade = int(round(_CROSSFADE_SECONDS * DELIVERY_SAMPLE_RATE))
+        context = int(round(_CONTEXT_SECONDS * DELIVERY_SAMPLE_RATE))
+        ramp = ((np.arange(fade, dtype=np.float64) + 0.5) / fade).astype(np.float32)
+
+        for start in range(0, total, hop):
+            last = start + hop >= total
+            end = total if last else min(start + hop + fade, total)
+            lo, hi = max(0, start - context), min(total, end + context)
+            estimate = self._vocals_48k(source[:, lo:hi], mean, std)[:, start - lo:end - lo]
+            if start > 0:  # fade in over the previous chunk's fade-out
+                n = min(fade, end - start)
+                estimate[:, :n] *= ramp[:n]
+            if not last:  # fade out over [start + hop, end)
+                n = end - (start + hop)
+                estimate[:, hop:] *= 1.0 - ramp[:n]
+            dialogue[rows, start:end] += estimate
+
+    def _vocals_48k(self, segment48: np.ndarray, mean: float, std: float) -> np.ndarray:
+        """Vocals of a (k, L) 48 kHz excerpt, as (k, L) float32 at 48 kHz."""
+        k, length = segment48.shape
+        x = torch.from_numpy(np.ascontiguousarray(segment48))
+        channels = self.model.audio_channels
+        if k == 1 and channels == 2:
+            x = x.expand(2, length)
+        elif k == 2 and channels == 1:
+            x = x.mean(0, keepdim=True)
+        # full=True keeps ceil(L * 44100 / 48000) samples, so the way back can return exactly L.
+        x = _resample(x, DELIVERY_SAMPLE_RATE, self.samplerate, full=True)
+        x = (x - mean) / std  # the normalisation demucs.api.Separator applies around apply_model
+        out = apply_model(
+            self.model,
+            x[None],
+            shifts=self.shifts,
+            split=True,
+            overlap=self.overlap,
+            segment=self.segment,
+            device=self.device,
+            progress=False,
+            num_workers=0,
+        )
+        vocals = out[0, self._vocals] * std + mean
+        del out
+        vocals = _resample(vocals.cpu(), self.samplerate, DELIVERY_SAMPLE_RATE, output_length=length)
+        if k == 1 and vocals.shape[0] == 2:
+            vocals = vocals.mean(0, keepdim=True)
+        elif k == 2 and vocals.shape[0] == 1:
+            vocals = vocals.expand(2, length)
+        return vocals.numpy().astype(np.float32, copy=True)
+
+
+def _ref_mean_std(source: np.ndarray, block: int = 1 << 22) -> tuple[float, float]:
+    """Mean and (unbiased) std of the channel-mean of `source`, as demucs.api computes its `ref`,
+    accumulated blockwise in float64 so that long inputs need no full-length temporaries."""
+    total = source.shape[1]
+    acc = acc_sq = 0.0
+    for s in range(0, total, block):
+        ref = source[:, s:s + block].mean(axis=0, dtype=np.float64)
+        acc += float(ref.sum())
+        acc_sq += float(np.dot(ref, ref))
+    mean = acc / total
+    var = max(acc_sq - total * mean * mean, 0.0) / max(total - 1, 1)
+    return mean, float(np.sqrt(var)) + 1e-8
+
+
+# ---------------------------------------------------------------------------------------------
+# Residency
+# ---------------------------------------------------------------------------------------------
+
+_RESIDENT: dict[tuple[str, str | None, str], Separator] = {}
+_RESIDENT_LOCK = threading.Lock()
+
+
+def get_resident_separator(model_name: str, repo: Path | None, device: str = "cpu") -> Separator:
+    """The process-wide Separator for (model, repo, device), loaded on first use (default params)."""
+    key = (model_name, str(Path(repo).resolve()) if repo is not None else None, str(device))
+    with _RESIDENT_LOCK:  # held across the load so that concurrent first callers load only once
+        separator = _RESIDENT.get(key)
+        if separator is None:
+            separator = Separator(model_name, repo, device=device)
+            _RESIDENT[key] = separator
+        return separator
+
+
+def clear_resident_separators() -> None:
+    """Forget every resident Separator (frees their memory once no caller holds them)."""
+    with _RESIDENT_LOCK:
+        _RESIDENT.clear()

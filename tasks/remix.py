@@ -1,0 +1,117 @@
+"""Stage 3, per (shot, language): new dialogue, level-matched to the original, over the shared bed."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from dubflow.models.separator import resample_to_delivery
+from dubflow.tasks.audio import (
+    EBU_R128,
+    LoudnessProfile,
+    db_to_gain,
+    fit_length,
+    integrated_loudness,
+    limit_true_peak,
+    picture_samples,
+)
+from dubflow.tasks.lipdub import DubbedTake
+from dubflow.tasks.media import DELIVERY_SAMPLE_RATE, AudioTrack, PCM24_MAX, quantize_pcm24, read_audio, write_wav
+from dubflow.tasks.separate import SeparatedShot
+from dubflow.tasks.validate import Shot
+
+with warnings.catch_warnings():
+    # pydub looks for an ffmpeg binary at import; dubflow never asks it to decode files.
+    warnings.simplefilter("ignore", RuntimeWarning)
+    from pydub import AudioSegment
+
+@dataclass(frozen=True)
+class RemixedPair:
+    shot_id: str
+    language: str
+    mix: Path
+    dialogue: Path
+    dialogue_gain_db: float  # applied to the new dialogue to match the original dialogue's loudness
+    mix_gain_db: float  # applied to dialogue + bed to reach the loudness target
+    mix_lufs: float | None
+
+
+def place_dialogue(new_dialogue: np.ndarray, channels: int, dialogue_channels: tuple[int, ...]) -> np.ndarray:
+    """Put the generated (stereo) speech where the original dialogue lived: centre of a 5.1, L/R of stereo."""
+    target = np.zeros((channels, new_dialogue.shape[-1]), np.float32)
+    if len(dialogue_channels) == new_dialogue.shape[0]:
+        target[list(dialogue_channels)] = new_dialogue
+    else:
+        # Folding stereo into one channel (mono, or a 5.1 centre) sums at −3 dB to keep the level.
+        target[list(dialogue_channels)] = new_dialogue.mean(axis=0) * np.sqrt(2) / np.sqrt(len(dialogue_channels))
+    return target
+
+
+def overlay(dialogue: np.ndarray, bed: np.ndarray) -> np.ndarray:
+    """dialogue + bed through pydub, sample-exact and without clipping.
+
+    Both are quantized to the 24-bit grid and carried as 32-bit integers, which leaves pydub's
+    saturating integer add 48 dB of headroom above full scale: the sum is exact.
+    """
+    channels, samples = bed.shape
+
+    def segment(audio: np.ndarray) -> AudioSegment:
+        pcm = quantize_pcm24(audio).T.astype("<i4").tobytes()
+        return AudioSegment(data=pcm, sample_width=4, frame_rate=DELIVERY_SAMPLE_RATE, channels=channels)
+
+    mixed = segment(bed).overlay(segment(dialogue))
+    summed = np.frombuffer(mixed.raw_data, dtype="<i4").reshape(samples, channels).T
+    return (summed / PCM24_MAX).astype(np.float32)
+
+
+def remix_pair(
+    take: DubbedTake,
+    separated: SeparatedShot,
+    shot: Shot,
+    work_dir: Path,
+    loudness: LoudnessProfile = EBU_R128,
+) -> RemixedPair:
+    samples = picture_samples(shot.media.frame_count, shot.media.fps, DELIVERY_SAMPLE_RATE)
+    generated, rate = read_audio(take.audio)
+    generated = fit_length(resample_to_delivery(generated, rate), samples)
+    bed, _ = read_audio(separated.bed)
+    original_dialogue, _ = read_audio(separated.dialogue)
+    bed = fit_length(bed, samples)
+    dialogue = place_dialogue(generated, bed.shape[0], separated.dialogue_channels)
+
+    dialogue_gain_db = _gain_to_match(dialogue, integrated_loudness(fit_length(original_dialogue, samples), DELIVERY_SAMPLE_RATE))
+    dialogue = dialogue * np.float32(db_to_gain(dialogue_gain_db))
+    mix = overlay(dialogue, bed)
+    mix_gain_db = _gain_to_match(mix, loudness.target_lufs)
+    mix = limit_true_peak(mix * np.float32(db_to_gain(mix_gain_db)), DELIVERY_SAMPLE_RATE, loudness.max_true_peak_dbtp)
+
+    pair_dir = Path(work_dir) / take.shot_id / take.language
+    pair_dir.mkdir(parents=True, exist_ok=True)
+    prefix = f"{take.shot_id}_{take.language}"
+    return RemixedPair(
+        shot_id=take.shot_id,
+        language=take.language,
+        mix=write_wav(pair_dir / f"{prefix}_mix.wav", AudioTrack(mix, DELIVERY_SAMPLE_RATE, separated.layout)),
+        dialogue=write_wav(pair_dir / f"{prefix}_dx.wav", AudioTrack(dialogue, DELIVERY_SAMPLE_RATE, separated.layout)),
+        dialogue_gain_db=dialogue_gain_db,
+        mix_gain_db=mix_gain_db,
+        mix_lufs=integrated_loudness(mix, DELIVERY_SAMPLE_RATE),
+    )
+
+
+def _gain_to_match(audio: np.ndarray, target_lufs: float | None) -> float:
+    """Gain in dB that brings `audio` to `target_lufs`; 0 when either side is unmeasurable."""
+    current = integrated_loudness(audio, DELIVERY_SAMPLE_RATE)
+    if current is None or target_lufs is None:
+        return 0.0
+    return target_lufs - current
+
+
+@task(name="remix", cache_policy=NO_CACHE, task_run_name="remix {take.shot_id} {take.language}")
+def remix_pair_task(take: DubbedTake, separated: SeparatedShot, shot: Shot, work_dir: Path) -> RemixedPair:
+    return remix_pair(take, separated, shot, work_dir)
