@@ -51,6 +51,8 @@ from demucs.apply import BagOfModels, apply_model
 from demucs.htdemucs import HTDemucs
 from demucs.pretrained import get_model
 
+from dubflow.models.residency import forget, resident
+
 __all__ = [
     "DELIVERY_SAMPLE_RATE",
     "DIALOGUE_SOURCE",
@@ -456,22 +458,12 @@ def _ref_mean_std(source: np.ndarray, block: int = 1 << 22) -> tuple[float, floa
 # Residency
 # ---------------------------------------------------------------------------------------------
 
-_RESIDENT: dict[tuple[str, str | None, str], Separator] = {}
-_RESIDENT_LOCK = threading.Lock()
-
-
 def get_resident_separator(model_name: str, repo: Path | None, device: str = "cpu") -> Separator:
     """The process-wide Separator for (model, repo, device), loaded on first use (default params)."""
-    key = (model_name, str(Path(repo).resolve()) if repo is not None else None, str(device))
-    with _RESIDENT_LOCK:  # held across the load so that concurrent first callers load only once
-        separator = _RESIDENT.get(key)
-        if separator is None:
-            separator = Separator(model_name, repo, device=device)
-            _RESIDENT[key] = separator
-        return separator
+    key = ("demucs", model_name, str(Path(repo).resolve()) if repo is not None else None, str(device))
+    return resident(key, lambda: Separator(model_name, repo, device=device))
 
 
 def clear_resident_separators() -> None:
     """Forget every resident Separator (frees their memory once no caller holds them)."""
-    with _RESIDENT_LOCK:
-        _RESIDENT.clear()
+    forget(lambda key: key[0] == "demucs")

@@ -54,6 +54,7 @@ def publish_local(
     final = out_dir / run_id
     staging = out_dir / f".{run_id}.staging-{uuid.uuid4().hex[:8]}"
     try:
+        staging.mkdir()  # even a run where every pair failed publishes its delivery manifest
         entries = []
         for item in files:
             target = staging / item.path

@@ -113,7 +113,7 @@ def test_summary_artifact_lists_every_pair(flow_run) -> None:
     state, _ = flow_run
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts()
-    (artifact,) = [a for a in artifacts if a.flow_run_id == state.state_details.flow_run_id]
+    (artifact,) = [a for a in artifacts if a.flow_run_id == state.state_details.flow_run_id and a.key == "localization-summary"]
     table = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
     assert {(row["shot"], row["language"], row["status"]) for row in table} >= {(SILENT_SHOT, "de", "failed")}
     assert len(table) == 5
