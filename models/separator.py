@@ -3,14 +3,29 @@
 Dialogue is the model's ``vocals`` stem; the bed (M&E) is ``mix - dialogue`` at the delivery rate, so
 ``dialogue + bed`` gives back the mix (to float32 rounding) and nothing of the soundtrack is lost.
 
-Flow of one call to :meth:`Separator.separate`::
+Flow of one call to :meth:`Separator.separate_many` (``separate`` is the one-soundtrack case)::
 
-    audio (C, N) @ any rate ──resample once──► mix48 (C, N48)            N48 = round(N * 48000 / rate)
-    per chunk of mix48 (with context margins, crossfaded):
-        dialogue channel group ──► model channels ──► 44.1 kHz ──► apply_model(split=True) ──► vocals
-        ──► 48 kHz, exactly the chunk's length ──► back to the group's channel count
+    each soundtrack (C, N) @ any rate ──resample once──► mix48 (C, N48)     N48 = round(N * 48000 / rate)
+    per stretch of mix48 (chunk_seconds long, with context margins, crossfaded into the next):
+        dialogue channel group ──► model channels ──► 44.1 kHz ──► normalised
+        ──► cut into model-length segments at fixed positions (overlap, triangular weights)
+    the segments of every stretch of every soundtrack ──► batches of `batch_size` ──► one model call each
+    per stretch: overlap-add ──► dialogue source ──► 48 kHz, exactly the stretch's length
     dialogue (C, N48): the group's channels carry the estimate, every other channel is exactly 0
     bed = mix48 - dialogue
+
+Segmentation happens here rather than in ``apply_model(split=True)`` so that several shots can share
+a model call without changing each other's result: every segment is cut at fixed positions of its
+own soundtrack and zero-padded to full length, whereas ``apply_model`` centres a short last segment
+on the audio before it, which then depends on how long the batch's padded tensor is. A soundtrack's
+dialogue is therefore the same (to float rounding) alone or batched, and memory stays bounded by the
+stretch length and the batch size however long the soundtrack is. ``shifts`` averages the estimates
+of time-shifted copies as Demucs does, but with the shifts spread evenly over [0, 0.5 s) instead of
+drawn at random, so that it is deterministic too.
+
+The dialogue is the model's first source named ``dialogue``, ``dialog``, ``speech`` or ``vocals``
+(in that order): a music-separation model such as ``htdemucs`` gives ``vocals``, a
+dialogue/music/effects model gives its dialogue stem.
 
 Channel layouts use FFmpeg/PyAV names. ``mono`` and ``stereo`` are separated as they are (mono is
 duplicated to the model's two channels and its stereo estimate averaged back). ``5.1`` and
@@ -35,6 +50,7 @@ import os
 import tempfile
 import threading
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
@@ -55,21 +71,24 @@ from dubflow.models.residency import forget, resident
 
 __all__ = [
     "DELIVERY_SAMPLE_RATE",
-    "DIALOGUE_SOURCE",
+    "DIALOGUE_SOURCES",
     "SMOKE_MODEL_NAME",
     "SUPPORTED_LAYOUTS",
     "ModelLoadError",
     "Separator",
+    "SeparatorSpec",
     "Stems",
     "build_smoke_separator",
     "clear_resident_separators",
     "delivery_length",
     "get_resident_separator",
     "resample_to_delivery",
+    "write_bag",
+    "write_model_package",
 ]
 
 DELIVERY_SAMPLE_RATE = 48000
-DIALOGUE_SOURCE = "vocals"
+DIALOGUE_SOURCES = ("dialogue", "dialog", "speech", "vocals")  # in order of preference
 
 # layout name -> (channel count, input channels the dialogue is separated from)
 _LAYOUTS: dict[str, tuple[int, tuple[int, ...]]] = {
@@ -84,6 +103,7 @@ SUPPORTED_LAYOUTS: tuple[str, ...] = tuple(_LAYOUTS)
 # (discarded afterwards) and consecutive chunks are crossfaded linearly over _CROSSFADE_SECONDS.
 _CONTEXT_SECONDS = 2.0
 _CROSSFADE_SECONDS = 1.0
+_MAX_SHIFT_SECONDS = 0.5  # as demucs.apply.apply_model
 
 # ---------------------------------------------------------------------------------------------
 # Smoke model: a tiny random-weight HTDemucs in Demucs' own package format.
@@ -129,44 +149,71 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def write_model_package(repo_dir: Path, signature: str, model: torch.nn.Module, training_args: dict) -> Path:
+    """Save `model` into the Demucs local model folder `repo_dir` as ``<signature>-<sha256[:8]>.th``.
+
+    The package is the dict `demucs.states.serialize_model(model, training_args, half=True)` makes
+    (klass, args, kwargs, half-precision state, training_args), written by
+    `demucs.states.save_with_checksum`, so `demucs.pretrained.get_model(signature, repo_dir)` loads
+    it. An existing package for the signature is kept (idempotent, safe against concurrent writers).
+    """
+    if not signature or "-" in signature:
+        raise ValueError(f"a Demucs model signature must be non-empty and free of '-', got {signature!r}")
+    repo_dir = Path(repo_dir)
+    repo_dir.mkdir(parents=True, exist_ok=True)
+    existing = _model_files(repo_dir, signature)
+    if existing:
+        return existing[0]
+    args, kwargs = model._init_args_kwargs
+    # serialize_model itself needs omegaconf (a training-only dependency) just to turn training_args
+    # into a plain dict; this is the same dict without it.
+    package = {
+        "klass": model.__class__,
+        "args": args,
+        "kwargs": kwargs,
+        "state": states.get_state(model, None, half=True),
+        "training_args": training_args,
+    }
+    with tempfile.TemporaryDirectory(dir=repo_dir, prefix=".package-") as tmp:
+        states.save_with_checksum(package, Path(tmp) / f"{signature}.th")
+        (written,) = Path(tmp).glob("*.th")
+        existing = _model_files(repo_dir, signature)
+        if existing:  # another process won the race
+            return existing[0]
+        os.replace(written, repo_dir / written.name)
+        return repo_dir / written.name
+
+
+def write_bag(repo_dir: Path, name: str, signatures: list[str], weights: list[list[float]] | None = None) -> Path:
+    """Write the bag ``<name>.yaml`` (``models:``, optional per-source ``weights:``) that
+    `demucs.pretrained.get_model(name, repo_dir)` reads; rewritten only when its content changes."""
+    bag: dict = {"models": list(signatures)}
+    if weights is not None:
+        bag["weights"] = weights
+    data = yaml.safe_dump(bag).encode()
+    path = Path(repo_dir) / f"{name}.yaml"
+    if not path.exists() or path.read_bytes() != data:
+        _write_atomic(path, data)
+    return path
+
+
 def build_smoke_separator(repo_dir: Path) -> tuple[str, Path]:
     """Write the tiny random HTDemucs into `repo_dir` as a Demucs local model repo.
 
-    Writes `<sig>-<sha256[:8]>.th` (via `demucs.states.save_with_checksum`, the package dict that
-    `demucs.states.serialize_model` makes: klass, args, kwargs, half-precision state, training_args)
-    and the bag `<SMOKE_MODEL_NAME>.yaml` (``models: [sig]``). Deterministic (fixed seed) and
-    idempotent: an existing package for the signature is kept, the yaml is only rewritten when its
-    content differs. Returns ``(model_name, repo_dir)`` for `Separator` / `get_model(name, repo=)`.
+    One package (`write_model_package`) and the bag `<SMOKE_MODEL_NAME>.yaml` (``models: [sig]``).
+    Deterministic (fixed seed) and idempotent. Returns ``(model_name, repo_dir)`` for `Separator` /
+    `get_model(name, repo=)`.
     """
     repo_dir = Path(repo_dir)
-    repo_dir.mkdir(parents=True, exist_ok=True)
     sig = _smoke_signature()
-
-    if not _model_files(repo_dir, sig):
+    if not (repo_dir.is_dir() and _model_files(repo_dir, sig)):
         with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.manual_seed(_SMOKE_SEED)
             model = HTDemucs(**_SMOKE_KWARGS)
-        args, kwargs = model._init_args_kwargs
-        # Same dict as demucs.states.serialize_model(model, training_args, half=True); that function
-        # needs omegaconf (a training-only dependency) just to turn training_args into a plain dict.
-        package = {
-            "klass": model.__class__,
-            "args": args,
-            "kwargs": kwargs,
-            "state": states.get_state(model, None, half=True),
-            "training_args": {"dubflow_smoke": True, "seed": _SMOKE_SEED, "format": _SMOKE_FORMAT},
-        }
-        with tempfile.TemporaryDirectory(dir=repo_dir, prefix=".smoke-") as tmp:
-            states.save_with_checksum(package, Path(tmp) / f"{sig}.th")
-            (written,) = Path(tmp).glob("*.th")
-            if not _model_files(repo_dir, sig):  # another process may have won the race
-                os.replace(written, repo_dir / written.name)
-
-    bag = yaml.safe_dump({"models": [sig]}).encode()
-    bag_path = repo_dir / f"{SMOKE_MODEL_NAME}.yaml"
-    if not bag_path.exists() or bag_path.read_bytes() != bag:
-        _write_atomic(bag_path, bag)
+        training_args = {"dubflow_smoke": True, "seed": _SMOKE_SEED, "format": _SMOKE_FORMAT}
+        write_model_package(repo_dir, sig, model, training_args)
+    write_bag(repo_dir, SMOKE_MODEL_NAME, [sig])
     return SMOKE_MODEL_NAME, repo_dir
 
 
@@ -285,6 +332,33 @@ def _repo_fingerprint(repo: Path, model_name: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def _segment_seconds(model: BagOfModels | torch.nn.Module) -> float:
+    """The longest segment every model of a bag accepts (transformers are fixed to their training length)."""
+    models = model.models if isinstance(model, BagOfModels) else [model]
+    return min(float(m.segment) for m in models)
+
+
+@dataclass(eq=False)
+class _Stretch:
+    """One stretch of one soundtrack's dialogue channels on its way through the model."""
+
+    x: torch.Tensor  # (model channels, n): normalised, at the model rate
+    out: torch.Tensor  # (shifts, model channels, n): weighted sum of the segment estimates
+    weight: torch.Tensor  # (shifts, n): sum of the segment weights
+    pending: int  # segments not estimated yet
+    finish: Callable[[torch.Tensor], None]  # takes the (model channels, n) estimate when pending hits 0
+
+
+@dataclass(eq=False)
+class _Job:
+    """One soundtrack of a `separate_many` call."""
+
+    mix48: np.ndarray
+    private: bool  # mix48 is our own copy: the bed may be computed in place
+    group: tuple[int, ...]
+    dialogue: np.ndarray
+
+
 class Separator:
     """A loaded Demucs model plus the dialogue/bed logic. Load once, call `separate` many times."""
 
@@ -301,31 +375,41 @@ class Separator:
         *,
         overlap: float = 0.25,
         chunk_seconds: float = 60.0,
+        batch_size: int = 4,
+        dialogue_source: str | None = None,
     ) -> None:
+        """`batch_size` is the number of model-length segments per model call, drawn from every
+        soundtrack of a `separate_many` call; `dialogue_source` overrides the choice among
+        `DIALOGUE_SOURCES`."""
         if shifts < 0:
             raise ValueError(f"shifts must be >= 0, got {shifts}")
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         if chunk_seconds < 4 * _CROSSFADE_SECONDS:
             raise ValueError(f"chunk_seconds must be >= {4 * _CROSSFADE_SECONDS}, got {chunk_seconds}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model_name = model_name
         self.repo = Path(repo) if repo is not None else None
         self.device = str(device)
         self.shifts = int(shifts)
         self.overlap = float(overlap)
         self.chunk_seconds = float(chunk_seconds)
+        self.batch_size = int(batch_size)
 
         model = _load_demucs(model_name, self.repo)
-        if DIALOGUE_SOURCE not in model.sources:
-            raise ModelLoadError(f"Demucs model {model_name!r} has no {DIALOGUE_SOURCE!r} source: {model.sources}")
+        if dialogue_source is None:
+            dialogue_source = next((name for name in DIALOGUE_SOURCES if name in model.sources), None)
+            if dialogue_source is None:
+                raise ModelLoadError(
+                    f"Demucs model {model_name!r} has no dialogue source: its sources are {model.sources}, "
+                    f"dubflow looks for one of {', '.join(DIALOGUE_SOURCES)} (or pass dialogue_source=)"
+                )
+        elif dialogue_source not in model.sources:
+            raise ModelLoadError(f"Demucs model {model_name!r} has no source {dialogue_source!r}: {model.sources}")
         if model.audio_channels not in (1, 2):
             raise ModelLoadError(f"Demucs model {model_name!r} has {model.audio_channels} audio channels")
-        if isinstance(model, BagOfModels):
-            max_segment = model.max_allowed_segment
-        elif isinstance(model, HTDemucs):
-            max_segment = float(model.segment)
-        else:
-            max_segment = float("inf")
+        max_segment = _segment_seconds(model)
         if segment is not None and not 0 < segment <= max_segment:
             # Transformer models cannot run longer segments than they were trained on.
             raise ValueError(f"segment must be in (0, {max_segment}] s for {model_name!r}, got {segment}")
@@ -333,7 +417,18 @@ class Separator:
         self.model = model.to(self.device).eval()
         self.samplerate: int = int(model.samplerate)
         self.sources: list[str] = list(model.sources)
-        self._vocals = self.sources.index(DIALOGUE_SOURCE)
+        self.dialogue_source = dialogue_source
+        self._dialogue_index = self.sources.index(dialogue_source)
+
+        self._segment_length = int((segment or max_segment) * self.samplerate)
+        self._stride = max(1, int((1 - self.overlap) * self._segment_length))
+        half = self._segment_length // 2
+        # Demucs' own overlap-add weights: a triangle peaking mid-segment, never zero.
+        triangle = torch.cat([torch.arange(1, half + 1), torch.arange(self._segment_length - half, 0, -1)]).float()
+        self._weight = triangle / triangle.max()
+        max_shift = int(_MAX_SHIFT_SECONDS * self.samplerate)
+        self._delays = [((2 * i + 1) * max_shift) // (2 * self.shifts) for i in range(self.shifts)] or [0]
+
         self._lock = threading.Lock()  # one inference at a time per resident model
         fingerprint = f"@{_repo_fingerprint(self.repo, model_name)}" if self.repo is not None else ""
         self.model_identity = f"demucs=={demucs.__version__}:{model_name}{fingerprint}"
@@ -349,11 +444,50 @@ class Separator:
             "segment": self.segment,
             "overlap": self.overlap,
             "chunk_seconds": self.chunk_seconds,
-            "dialogue_source": DIALOGUE_SOURCE,
+            "dialogue_source": self.dialogue_source,
         }
 
     def separate(self, audio: np.ndarray, sample_rate: int, channel_layout: str) -> Stems:
         """Split (channels, samples) float audio at any rate into 48 kHz dialogue and bed."""
+        return self.separate_many([(audio, sample_rate, channel_layout)])[0]
+
+    def separate_many(self, soundtracks: Sequence[tuple[np.ndarray, int, str]]) -> list[Stems]:
+        """`separate` for several (audio, sample_rate, channel_layout) soundtracks, sharing model calls.
+
+        Each result equals what `separate` gives for that soundtrack alone, to float rounding.
+        """
+        jobs = []
+        for number, (audio, sample_rate, channel_layout) in enumerate(soundtracks, start=1):
+            try:
+                jobs.append(self._job(audio, sample_rate, channel_layout))
+            except ValueError as exc:
+                if len(soundtracks) == 1:
+                    raise
+                raise ValueError(f"soundtrack {number} of {len(soundtracks)}: {exc}") from exc
+        with self._lock, torch.inference_mode():
+            batch: list[tuple[_Stretch, int, int]] = []
+            for job in jobs:
+                for stretch in self._stretches(job):
+                    for segment in self._segments(stretch):
+                        batch.append(segment)
+                        if len(batch) == self.batch_size:
+                            self._estimate(batch)
+                            batch = []
+            if batch:
+                self._estimate(batch)
+        stems = []
+        for job in jobs:
+            if job.private:
+                bed = job.mix48
+                bed -= job.dialogue
+            else:
+                bed = job.mix48 - job.dialogue
+            stems.append(Stems(job.dialogue, bed, DELIVERY_SAMPLE_RATE, job.group))
+        return stems
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _job(self, audio: np.ndarray, sample_rate: int, channel_layout: str) -> _Job:
         audio = np.asarray(audio)
         if audio.ndim != 2 or audio.shape[0] < 1:
             raise ValueError(f"audio must be (channels, samples), got shape {audio.shape}")
@@ -361,34 +495,23 @@ class Separator:
             raise ValueError(f"audio must be floating point (-1..1), got {audio.dtype}")
         if int(sample_rate) != sample_rate or sample_rate <= 0:
             raise ValueError(f"invalid sample rate {sample_rate!r}")
-        sample_rate = int(sample_rate)
         group = _dialogue_group(channel_layout, audio.shape[0])
+        assert list(group) == list(range(group[0], group[-1] + 1)), group
         if not np.isfinite(audio).all():
             raise ValueError("audio contains NaN or infinite samples")
-
-        mix48 = resample_to_delivery(audio, sample_rate)
+        mix48 = resample_to_delivery(audio, int(sample_rate))
         private = mix48 is not audio and not np.shares_memory(mix48, audio)
-        dialogue = np.zeros_like(mix48)
-        if mix48.shape[1] > 0:
-            with self._lock, torch.inference_mode():
-                self._separate_group(mix48, group, dialogue)
-        if private:
-            bed = mix48
-            bed -= dialogue
-        else:
-            bed = mix48 - dialogue
-        return Stems(dialogue=dialogue, bed=bed, sample_rate=DELIVERY_SAMPLE_RATE, dialogue_channels=group)
+        return _Job(mix48, private, group, np.zeros_like(mix48))
 
-    # -- internals ------------------------------------------------------------------------------
-
-    def _separate_group(self, mix48: np.ndarray, group: tuple[int, ...], dialogue: np.ndarray) -> None:
-        """Write the dialogue estimate of channels `group` of `mix48` into `dialogue` (same shape)."""
-        assert list(group) == list(range(group[0], group[-1] + 1)), group
-        rows = slice(group[0], group[-1] + 1)
-        source = mix48[rows]
+    def _stretches(self, job: _Job) -> Iterator[_Stretch]:
+        """The stretches of one soundtrack, made lazily so a long one never is all in memory at once;
+        each adds its crossfaded estimate into `job.dialogue` when its last segment is done."""
+        rows = slice(job.group[0], job.group[-1] + 1)
+        source = job.mix48[rows]
         total = source.shape[1]
+        if total == 0:
+            return
         mean, std = _ref_mean_std(source)
-
         hop = int(round(self.chunk_seconds * DELIVERY_SAMPLE_RATE))
         fade = int(round(_CROSSFADE_SECONDS * DELIVERY_SAMPLE_RATE))
         context = int(round(_CONTEXT_SECONDS * DELIVERY_SAMPLE_RATE))
@@ -398,17 +521,54 @@ class Separator:
             last = start + hop >= total
             end = total if last else min(start + hop + fade, total)
             lo, hi = max(0, start - context), min(total, end + context)
-            estimate = self._vocals_48k(source[:, lo:hi], mean, std)[:, start - lo:end - lo]
-            if start > 0:  # fade in over the previous chunk's fade-out
-                n = min(fade, end - start)
-                estimate[:, :n] *= ramp[:n]
-            if not last:  # fade out over [start + hop, end)
-                n = end - (start + hop)
-                estimate[:, hop:] *= 1.0 - ramp[:n]
-            dialogue[rows, start:end] += estimate
 
-    def _vocals_48k(self, segment48: np.ndarray, mean: float, std: float) -> np.ndarray:
-        """Vocals of a (k, L) 48 kHz excerpt, as (k, L) float32 at 48 kHz."""
+            def finish(estimate: torch.Tensor, start: int = start, end: int = end, lo: int = lo, hi: int = hi,
+                       last: bool = last) -> None:
+                dialogue = self._to_delivery(estimate, mean, std, hi - lo, source.shape[0])[:, start - lo:end - lo]
+                if start > 0:  # fade in over the previous stretch's fade-out
+                    n = min(fade, end - start)
+                    dialogue[:, :n] *= ramp[:n]
+                if not last:  # fade out over [start + hop, end)
+                    dialogue[:, hop:] *= 1.0 - ramp[:end - (start + hop)]
+                job.dialogue[rows, start:end] += dialogue
+
+            x = self._to_model(source[:, lo:hi], mean, std)
+            pending = sum(len(range(-delay, x.shape[-1], self._stride)) for delay in self._delays)
+            yield _Stretch(
+                x=x,
+                out=torch.zeros((len(self._delays), *x.shape)),
+                weight=torch.zeros((len(self._delays), x.shape[-1])),
+                pending=pending,
+                finish=finish,
+            )
+
+    def _segments(self, stretch: _Stretch) -> Iterator[tuple[_Stretch, int, int]]:
+        """(stretch, shift, start) of every segment; a shift by `delay` starts the cut `delay` samples
+        before the stretch, so the first segment of that shift begins with silence."""
+        for shift, delay in enumerate(self._delays):
+            for start in range(-delay, stretch.x.shape[-1], self._stride):
+                yield stretch, shift, start
+
+    def _estimate(self, batch: list[tuple[_Stretch, int, int]]) -> None:
+        """Run one model call on a batch of segments and overlap-add each result into its stretch."""
+        length = self._segment_length
+        segments = []
+        for stretch, _, start in batch:
+            lo, hi = max(start, 0), min(start + length, stretch.x.shape[-1])
+            segments.append(torch.nn.functional.pad(stretch.x[:, lo:hi], (lo - start, start + length - hi)))
+        estimates = apply_model(self.model, torch.stack(segments), shifts=0, split=False, device=self.device)
+        estimates = estimates[:, self._dialogue_index].cpu()
+        for (stretch, shift, start), estimate in zip(batch, estimates):
+            lo, hi = max(start, 0), min(start + length, stretch.x.shape[-1])
+            weight = self._weight[lo - start:hi - start]
+            stretch.out[shift, :, lo:hi] += weight * estimate[:, lo - start:hi - start]
+            stretch.weight[shift, lo:hi] += weight
+            stretch.pending -= 1
+            if stretch.pending == 0:
+                stretch.finish((stretch.out / stretch.weight[:, None]).mean(dim=0))
+
+    def _to_model(self, segment48: np.ndarray, mean: float, std: float) -> torch.Tensor:
+        """A (k, L) 48 kHz excerpt as the model takes it: its channel count, its rate, normalised."""
         k, length = segment48.shape
         x = torch.from_numpy(np.ascontiguousarray(segment48))
         channels = self.model.audio_channels
@@ -418,26 +578,16 @@ class Separator:
             x = x.mean(0, keepdim=True)
         # full=True keeps ceil(L * 44100 / 48000) samples, so the way back can return exactly L.
         x = _resample(x, DELIVERY_SAMPLE_RATE, self.samplerate, full=True)
-        x = (x - mean) / std  # the normalisation demucs.api.Separator applies around apply_model
-        out = apply_model(
-            self.model,
-            x[None],
-            shifts=self.shifts,
-            split=True,
-            overlap=self.overlap,
-            segment=self.segment,
-            device=self.device,
-            progress=False,
-            num_workers=0,
-        )
-        vocals = out[0, self._vocals] * std + mean
-        del out
-        vocals = _resample(vocals.cpu(), self.samplerate, DELIVERY_SAMPLE_RATE, output_length=length)
-        if k == 1 and vocals.shape[0] == 2:
-            vocals = vocals.mean(0, keepdim=True)
-        elif k == 2 and vocals.shape[0] == 1:
-            vocals = vocals.expand(2, length)
-        return vocals.numpy().astype(np.float32, copy=True)
+        return (x - mean) / std  # the normalisation demucs.api.Separator applies around apply_model
+
+    def _to_delivery(self, estimate: torch.Tensor, mean: float, std: float, length: int, k: int) -> np.ndarray:
+        """A model-rate estimate back to (k, length) float32 at 48 kHz, un-normalised."""
+        dialogue = _resample(estimate * std + mean, self.samplerate, DELIVERY_SAMPLE_RATE, output_length=length)
+        if k == 1 and dialogue.shape[0] == 2:
+            dialogue = dialogue.mean(0, keepdim=True)
+        elif k == 2 and dialogue.shape[0] == 1:
+            dialogue = dialogue.expand(2, length)
+        return dialogue.numpy().astype(np.float32, copy=True)
 
 
 def _ref_mean_std(source: np.ndarray, block: int = 1 << 22) -> tuple[float, float]:
@@ -458,10 +608,23 @@ def _ref_mean_std(source: np.ndarray, block: int = 1 << 22) -> tuple[float, floa
 # Residency
 # ---------------------------------------------------------------------------------------------
 
-def get_resident_separator(model_name: str, repo: Path | None, device: str = "cpu") -> Separator:
-    """The process-wide Separator for (model, repo, device), loaded on first use (default params)."""
-    key = ("demucs", model_name, str(Path(repo).resolve()) if repo is not None else None, str(device))
-    return resident(key, lambda: Separator(model_name, repo, device=device))
+def get_resident_separator(model_name: str, repo: Path | None, device: str = "cpu", shifts: int = 0) -> Separator:
+    """The process-wide Separator for (model, repo, device, shifts), loaded on first use."""
+    key = ("demucs", model_name, str(Path(repo).resolve()) if repo is not None else None, str(device), int(shifts))
+    return resident(key, lambda: Separator(model_name, repo, device=device, shifts=shifts))
+
+
+@dataclass(frozen=True)
+class SeparatorSpec:
+    """Which Demucs model separates and how it runs; every stage that separates gets the run's one."""
+
+    model_name: str
+    repo: Path | None = None  # a local Demucs model folder; None = Demucs' own hub cache
+    device: str = "cpu"
+    shifts: int = 0
+
+    def resident(self) -> Separator:
+        return get_resident_separator(self.model_name, self.repo, self.device, self.shifts)
 
 
 def clear_resident_separators() -> None:

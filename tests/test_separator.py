@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +14,7 @@ import pytest
 import torch
 import yaml
 from demucs.apply import BagOfModels
+from demucs.demucs import Demucs
 from demucs.htdemucs import HTDemucs
 from demucs.pretrained import get_model
 from demucs.repo import check_checksum
@@ -23,6 +28,8 @@ from dubflow.models.separator import (
     delivery_length,
     get_resident_separator,
     resample_to_delivery,
+    write_bag,
+    write_model_package,
 )
 
 LAYOUT_CHANNELS = {"mono": 1, "stereo": 2, "5.1": 6, "5.1(side)": 6}
@@ -265,3 +272,112 @@ def test_identity_names_the_model_files(smoke_model, separator):
     assert separator.model_identity.startswith(f"demucs==4.1.0:{name}@")
     assert separator.params["shifts"] == 0
     assert Separator(name, repo).model_identity == separator.model_identity
+
+
+# -- model choice, batching, shifts, memory --------------------------------------------------------
+
+
+def test_several_shots_share_model_calls_and_get_their_own_result(smoke_model):
+    name, repo = smoke_model
+    separator = Separator(name, repo, batch_size=3)
+    soundtracks = [
+        (soundtrack(1, 44100, 1.3, seed=1), 44100, "mono"),
+        (soundtrack(6, 48000, 2.7, seed=2), 48000, "5.1"),
+        (soundtrack(2, 48000, 3.5, seed=3), 48000, "stereo"),
+    ]
+    calls = []
+    (inner,) = separator.model.models
+    hook = inner.register_forward_pre_hook(lambda module, args: calls.append(tuple(args[0].shape)))
+    try:
+        batched = separator.separate_many(soundtracks)
+    finally:
+        hook.remove()
+    # one 4 s segment per short shot (the 3.5 s one needs a second): two calls, the first holds
+    # a segment of each of the three shots
+    assert calls == [(3, 2, 4 * 44100), (1, 2, 4 * 44100)]
+    for (audio, rate, layout), stems in zip(soundtracks, batched):
+        alone = separator.separate(audio, rate, layout)
+        np.testing.assert_allclose(stems.dialogue, alone.dialogue, rtol=0, atol=1e-7)
+        assert np.allclose(stems.dialogue + stems.bed, resample_to_delivery(audio, rate), rtol=0, atol=1e-6)
+    assert batched[1].dialogue_channels == (2,) and not batched[1].dialogue[[0, 1, 3, 4, 5]].any()
+
+
+def test_a_bad_soundtrack_in_a_batch_is_named(separator):
+    good = (soundtrack(2, 48000, 0.5), 48000, "stereo")
+    with pytest.raises(ValueError, match="soundtrack 2 of 2: .*'7.1'"):
+        separator.separate_many([good, (np.zeros((8, 4800), np.float32), 48000, "7.1")])
+
+
+def test_shifts_are_deterministic_and_change_the_estimate(smoke_model, separator):
+    name, repo = smoke_model
+    shifted = Separator(name, repo, shifts=2)
+    audio = soundtrack(2, 48000, 3.0, seed=5)
+    first, second = shifted.separate(audio, 48000, "stereo"), shifted.separate(audio, 48000, "stereo")
+    np.testing.assert_array_equal(first.dialogue, second.dialogue)
+    assert not np.allclose(first.dialogue, separator.separate(audio, 48000, "stereo").dialogue, atol=1e-4)
+    assert np.allclose(first.dialogue + first.bed, audio, rtol=0, atol=1e-6)
+    assert shifted.params["shifts"] == 2
+
+
+def _tiny_htdemucs(sources: list[str], seed: int) -> HTDemucs:
+    torch.manual_seed(seed)
+    return HTDemucs(sources=sources, audio_channels=2, samplerate=44100, segment=4, channels=4, depth=4,
+                    dconv_comp=4, t_layers=1, t_heads=4)
+
+
+def test_a_dialogue_music_effects_bag_from_a_local_folder(tmp_path):
+    """Any bag in a Demucs model folder loads; a DME model's dialogue stem is the dialogue."""
+    sources = ["dialog", "music", "effects"]
+    signatures = ["dme0a1b2", "dme1c3d4"]
+    for seed, signature in enumerate(signatures):
+        write_model_package(tmp_path, signature, _tiny_htdemucs(sources, seed), {"seed": seed})
+    write_bag(tmp_path, "dme_bag", signatures, weights=[[1.0, 1.0, 1.0], [0.5, 1.0, 1.0]])
+    dme = Separator("dme_bag", tmp_path)
+    assert dme.dialogue_source == "dialog" and len(dme.model.models) == 2
+    assert dme.model_identity.startswith("demucs==4.1.0:dme_bag@")
+    audio = soundtrack(6, 48000, 2.0, seed=9)
+    stems = dme.separate(audio, 48000, "5.1")
+    assert np.abs(stems.dialogue[2]).max() > 1e-4
+    assert np.allclose(stems.dialogue + stems.bed, audio, rtol=0, atol=1e-6)
+
+    write_model_package(tmp_path, "music0", _tiny_htdemucs(["drums", "bass", "other"], 7), {})
+    with pytest.raises(ModelLoadError, match="no dialogue source.*dialogue, dialog, speech, vocals"):
+        Separator("music0", tmp_path)
+    with pytest.raises(ModelLoadError, match="no source 'speech'"):
+        Separator("dme_bag", tmp_path, dialogue_source="speech")
+
+
+_MEMORY_PROBE = textwrap.dedent("""
+    import json, resource, sys
+    import numpy as np
+    from dubflow.models.separator import Separator
+
+    separator = Separator(sys.argv[1], sys.argv[2], chunk_seconds=float(sys.argv[3]), batch_size=1)
+    rng = np.random.default_rng(0)
+    short, long = (0.1 * rng.standard_normal((1, seconds * 48000)).astype(np.float32) for seconds in (10, 70))
+    separator.separate(short[:, :48000], 48000, "mono")  # warm up the allocator and the model
+
+    def peak_mb():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    stems = separator.separate(short, 48000, "mono")
+    after_short = peak_mb()
+    del stems
+    stems = separator.separate(long, 48000, "mono")
+    print(json.dumps({"short": after_short, "long": peak_mb(), "stems_mb": 2 * stems.bed.nbytes / 2**20}))
+""")
+
+
+def test_long_files_are_separated_in_bounded_memory(tmp_path):
+    """Seven times the audio costs its own dialogue and bed arrays more, and nothing that grows with it
+    besides: with 5 s stretches the peak for 70 s exceeds the peak for 10 s by about those arrays.
+    (In one piece, the model-rate copies and estimates of the whole soundtrack would add ~0.9 MB
+    per second, 60 MB here.) A tiny waveform Demucs keeps this fast; the path is the same for any model."""
+    torch.manual_seed(0)
+    model = Demucs(sources=["other", "vocals"], audio_channels=2, channels=4, depth=2, samplerate=44100,
+                   segment=4, lstm_layers=0)
+    write_model_package(tmp_path, "tinywave", model, {})
+    probe = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, "tinywave", str(tmp_path), "5"],
+                           capture_output=True, text=True, check=True)
+    peaks = json.loads(probe.stdout)
+    assert peaks["long"] - peaks["short"] < peaks["stems_mb"] + 40, peaks
