@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("manifest", type=Path)
     run.add_argument("--out", type=Path, required=True, help="delivery directory")
     run.add_argument("--languages", type=_language_list, default=None, help="comma-separated subset, e.g. fr,de")
-    run.add_argument("--profile", default="smoke", help="model profile: smoke | ltx-2.3 (default: smoke)")
+    run.add_argument("--profile", default="smoke", help="model profile: smoke | ltx-2.3 | ltx-2.3-random (default: smoke)")
     run.add_argument("--run-id", default=None, help="name of the delivery folder (default: UTC timestamp)")
 
     demo = commands.add_parser("demo", help="generate sample shots and localize them on the smoke profile")

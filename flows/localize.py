@@ -89,10 +89,13 @@ def localize(
     separated = {
         shot_id: separate_shot_task.submit(shot, model_profile, work_dir) for shot_id, shot in validated.shots.items()
     }
+    rows_by_shot: dict[str, list[ManifestRow]] = {}
+    for row in validated.rows:
+        rows_by_shot.setdefault(row.shot_id, []).append(row)
     chains = []
     for row in validated.rows:
         shot = validated.shots[row.shot_id]
-        take = lipdub_pair_task.submit(shot, row, model_profile, work_dir)
+        take = lipdub_pair_task.submit(shot, row, rows_by_shot[row.shot_id], model_profile, work_dir)
         remixed = remix_pair_task.submit(take, separated[row.shot_id], shot, work_dir)
         review = mux_pair_task.submit(take, remixed)
         qc = qc_pair_task.submit(shot, remixed, review)
@@ -170,9 +173,10 @@ def run_info(manifest_path: Path, profile: ModelProfile) -> dict:
         "source_manifest": {"name": Path(manifest_path).name, "sha256": sha256_file(manifest_path)},
         "profile": {"name": profile.name, "random_weights": profile.random_weights, "notice": profile.notice},
         "models": {
-            "lipdub_base": profile.lipdub_weights.name,
-            "lipdub_lora": profile.lipdub_lora.name,
-            "lipdub_lora_sha256": sha256_file(profile.lipdub_lora),
+            # Names and hashes only: never a full local path (it can carry user names or mount secrets).
+            "lipdub_base": profile.lipdub_weights.name if profile.lipdub_weights else "ltx-2.3 architecture, random",
+            "lipdub_lora": profile.lipdub_lora.name if profile.lipdub_lora else "random",
+            "lipdub_lora_sha256": sha256_file(profile.lipdub_lora) if profile.lipdub_lora else None,
             "separator": profile.separator_name,
         },
         "versions": versions,

@@ -1,25 +1,26 @@
-"""LipDub inference on diffusers' LTX-2 components: re-lip a locked shot and generate the new line.
+"""LipDub for a locked shot: any frame count, any size, any length, exact rate; weights and residency.
 
-One :class:`LipDubModel` wraps one ``LTX2InContextPipeline`` loaded with ``from_pretrained`` from a
-diffusers-format directory, with the LipDub IC-LoRA loaded through diffusers/peft
-(``load_lora_weights``, which converts the official ``diffusion_model.`` key layout) and fused once.
-The locked shot is the video reference (``LTX2ReferenceCondition``): its latent tokens ride along
-with the target tokens, clean, so the model keeps everything but the mouth.
+:class:`LipDubModel` wraps one :class:`~dubflow.models.lipdub_pipeline.LTX2LipDubPipeline` (the
+algorithm: video + voice references, two distilled stages) with the LipDub IC-LoRA loaded through
+diffusers/peft (``load_lora_weights`` converts the official ``diffusion_model.`` key layout), checked
+key by key, and fused once.
 
-Shapes are never lossy. The VAE needs 8k+1 frames and the transformer a picture in whole latent
-cells, so :meth:`LipDubModel.generate` pads the frame count *up* (repeating the last frame) and the
-picture *up* to the spatial multiple (replicating the edges, centred), then trims and crops back to
-exactly the source's frame count and size. The frame rate reaches the pipeline as the exact float
-of the source's ``Fraction``.
+Shapes are never lossy. The VAE needs 8k+1 frames and two-stage sampling a picture in whole latent
+cells at half size, so the shot is padded *up* (the last frame repeated; the edges replicated,
+centred) and the result trimmed and cropped back to exactly the source's frame count and size. The
+rate reaches the model as the exact float of the source's ``Fraction``. A shot longer than one
+generation window is cut into overlapping windows (all 8k+1 frames, the last aligned to the shot's
+end) whose pictures and sounds are cross-faded linearly over each overlap.
 
-The ``smoke`` profile builds tiny random LTX-2 components (:func:`build_smoke_weights`) with the
-same classes, the same compression ratios (8x temporal, 32x spatial, 25 audio latents per second),
-the same vocoder output rate (48 kHz stereo) and an IC-LoRA in the official key format, saves them
-with ``save_pretrained`` and loads them through :meth:`LipDubModel.load` like real weights.
+Reuse: :meth:`LipDubModel.prepare_shot` encodes a shot's references (picture at both stage sizes,
+audio) once per window and caches them by the caller's content key, so every language of the shot
+reuses them; :meth:`LipDubModel.embed_prompts` encodes all of a shot's prompts in one batch and
+caches them by text.
 
-Not yet here (later issue): the audio (voice) reference and two-stage sampling. ``generate`` will
-grow an ``audio``/``sample_rate`` argument, and :meth:`LipDubModel.spatial_multiple` already takes
-the stage count.
+The ``smoke`` profile builds tiny random LTX-2 components (:func:`build_smoke_weights`) with the same
+classes, the same compression ratios (8x temporal, 32x spatial, 25 audio latents per second), the
+same vocoder output rate (48 kHz stereo), a latent upsampler and an IC-LoRA in the official key
+format, saves them with ``save_pretrained`` and loads them through :meth:`LipDubModel.load`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -38,14 +40,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dubflow.models.lipdub_pipeline import (
+    STAGE_1_SIGMAS,
+    STAGE_2_SIGMAS,
+    LTX2LipDubPipeline,
+    PromptEmbedding,
+    ShotReferences,
+)
+from dubflow.models.ltx2_architectures import SMOKE, LTX2Architecture, build_components
 from dubflow.models.profiles import LIPDUB_LORA_FILE
 from dubflow.models.residency import resident
+from dubflow.tasks.files import sha256_file
 
 __all__ = [
     "ADAPTER_NAME",
     "LipDubLoadError",
     "LipDubModel",
     "LipDubOutput",
+    "PreparedShot",
+    "SourceShot",
     "build_prompt",
     "build_smoke_weights",
     "get_resident_model",
@@ -59,6 +72,14 @@ DEFAULT_SPEAKER = "A person"
 REFERENCE_DOWNSCALE_KEY = "reference_downscale_factor"
 # Upstream pads prompts to 1024 Gemma tokens; a tokenizer may declare a shorter window (the smoke one does).
 MAX_PROMPT_TOKENS = 1024
+# Generation windows: 257 frames (about 10 s) is the longest clip the distilled LTX-2 recipes run in
+# one pass; the overlap is one latent frame short of three, enough for a cross-fade nobody sees.
+DEFAULT_WINDOW_FRAMES = 257
+DEFAULT_WINDOW_OVERLAP = 24
+# Prepared shots (reference encodings) kept per model: a shot's languages usually run back to back.
+_PREPARED_CACHE = 4
+GPU_RESERVE_BYTES = 24 * 2**30
+_PROMPT_CACHE = 256
 # Frames per float resize: bounds the float32 working set at full HD to a few hundred MB.
 _RESIZE_CHUNK = 16
 
@@ -67,11 +88,45 @@ class LipDubLoadError(Exception):
     """The LTX-2 weights or the LipDub IC-LoRA cannot be used as given."""
 
 
+class NoVoiceReferenceError(ValueError):
+    """LipDub clones the speaker's voice from the shot's own audio; a shot without audio cannot be dubbed."""
+
+
+@dataclass(frozen=True)
+class SourceShot:
+    """What LipDub needs of a locked shot: its picture and its own sound (the voice reference)."""
+
+    frames: np.ndarray  # (F, H, W, 3) uint8
+    fps: Fraction
+    audio: np.ndarray  # (channels, samples) float32, 1 or 2 channels
+    sample_rate: int
+
+
 @dataclass(frozen=True)
 class LipDubOutput:
     frames: np.ndarray  # (num_frames, height, width, 3) uint8: exactly the source's frame count and size
     audio: np.ndarray  # (channels, samples) float32: generated speech (and whatever ambience the model makes)
     sample_rate: int
+
+
+@dataclass(frozen=True)
+class _Window:
+    start: int  # first source frame
+    frames: int  # source frames covered
+    references: ShotReferences  # encoded at the padded length (8k+1) and padded size
+
+
+@dataclass(frozen=True)
+class PreparedShot:
+    """A shot's geometry and reference encodings, computed once and reused for all its languages."""
+
+    num_frames: int
+    height: int
+    width: int
+    fps: Fraction
+    generation_size: tuple[int, int]  # (h, w) before padding; below the source size on the smoke profile
+    padding: tuple[int, int]  # (top, left) offset of the picture inside the padded frame
+    windows: tuple[_Window, ...]
 
 
 def build_prompt(speaker: str, language_name: str, script: str) -> str:
@@ -114,13 +169,33 @@ class LipDubModel:
 
     load_count: ClassVar[int] = 0  # every successful load, process-wide; lets tests see residency work
 
-    def __init__(self, pipe, *, reference_downscale_factor: int, weights_dir: Path, lora_path: Path) -> None:
+    def __init__(
+        self,
+        pipe: LTX2LipDubPipeline,
+        *,
+        reference_downscale_factor: int,
+        identity: str,
+        window_frames: int = DEFAULT_WINDOW_FRAMES,
+        window_overlap: int = DEFAULT_WINDOW_OVERLAP,
+    ) -> None:
+        multiple = pipe.frame_multiple
+        if (window_frames - 1) % multiple or window_frames <= window_overlap or window_overlap < 1:
+            raise ValueError(
+                f"window_frames must be {multiple}k+1 and longer than window_overlap >= 1, "
+                f"got {window_frames} and {window_overlap}"
+            )
         self.pipe = pipe
         self.reference_downscale_factor = reference_downscale_factor
-        self.weights_dir = weights_dir
-        self.lora_path = lora_path
-        # A diffusers pipeline keeps per-call state (scheduler timesteps, guidance scales) on itself.
-        self._lock = threading.Lock()
+        self.identity = identity  # names the weights and LoRA: part of every cache key downstream
+        self.window_frames = window_frames
+        self.window_overlap = window_overlap
+        self.reference_encodings = 0  # prepared shots actually encoded (not served from the cache)
+        # GPU memory a clip's sampling and decoding may need beyond the weights (1080p, 121 frames, tiled VAE).
+        self.gpu_reserve_bytes = GPU_RESERVE_BYTES
+        self._prepared: OrderedDict[tuple, PreparedShot] = OrderedDict()
+        self._prompts: OrderedDict[str, PromptEmbedding] = OrderedDict()
+        # A pipeline holds per-call state and one device; one call at a time.
+        self._lock = threading.RLock()
 
     @classmethod
     def load(
@@ -130,34 +205,28 @@ class LipDubModel:
         device: str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> LipDubModel:
-        from diffusers import FlowMatchEulerDiscreteScheduler, LTX2InContextPipeline
-        from safetensors.torch import load_file
-
+        """Base from a diffusers-format directory (with ``latent_upsampler/``), IC-LoRA fused in."""
         weights_dir, lora_path = Path(weights_dir), Path(lora_path)
         if not (weights_dir / "model_index.json").is_file():
             raise LipDubLoadError(f"{weights_dir} is not a diffusers-format directory (no model_index.json)")
+        if not (weights_dir / "latent_upsampler" / "config.json").is_file():
+            raise LipDubLoadError(
+                f"{weights_dir} has no latent_upsampler/ (the x2 spatial upscaler two-stage LipDub needs)"
+            )
         if not lora_path.is_file():
             raise LipDubLoadError(f"LipDub IC-LoRA not found: {lora_path}")
+        from diffusers.pipelines.ltx2 import LTX2LatentUpsamplerModel
+        from safetensors.torch import load_file
 
         factor = read_reference_downscale_factor(lora_path)
-        pipe = LTX2InContextPipeline.from_pretrained(weights_dir, dtype=dtype)
+        upsampler = LTX2LatentUpsamplerModel.from_pretrained(weights_dir / "latent_upsampler", torch_dtype=dtype)
+        pipe = LTX2LipDubPipeline.from_pretrained(weights_dir, latent_upsampler=upsampler, dtype=dtype)
         pipe.set_progress_bar_config(disable=True)
-        # LipDub is a distilled model sampled on a fixed sigma schedule: the scheduler must not shift it.
-        pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
-            pipe.scheduler.config, use_dynamic_shifting=False, shift=1.0, shift_terminal=None
-        )
         pipe.to(device)
-
-        raw = load_file(str(lora_path))
-        # The mixin's own conversion (official `diffusion_model.` layout -> diffusers module names).
-        expected = pipe.lora_state_dict(raw)
-        pipe.load_lora_weights(raw, adapter_name=ADAPTER_NAME)
-        components = _verify_lora_applied(pipe, expected, lora_path)
-        pipe.fuse_lora(components=components, lora_scale=1.0, adapter_names=[ADAPTER_NAME])
-        # Fused into the base weights once; the peft wrappers would only cost time at every forward.
-        pipe.unload_lora_weights()
-
-        model = cls(pipe, reference_downscale_factor=factor, weights_dir=weights_dir, lora_path=lora_path)
+        _use_memory_options(pipe)
+        fuse_lora(pipe, load_file(str(lora_path)), str(lora_path))
+        identity = f"{weights_dir.name}+{lora_path.name}@{sha256_file(lora_path)[:12]}"
+        model = cls(pipe, reference_downscale_factor=factor, identity=identity)
         cls.load_count += 1
         logger.info(
             "LipDub loaded from %s + %s on %s (%s), reference_downscale_factor=%d",
@@ -171,102 +240,205 @@ class LipDubModel:
 
     @property
     def sample_rate(self) -> int:
-        return int(self.pipe.vocoder.config.output_sampling_rate)
+        return self.pipe.output_sample_rate
 
     @property
     def frame_multiple(self) -> int:
-        """Valid frame counts are ``frame_multiple * k + 1``."""
-        return self.pipe.vae_temporal_compression_ratio * self.pipe.transformer_temporal_patch_size
+        return self.pipe.frame_multiple
 
-    def spatial_multiple(self, stages: int = 1) -> int:
-        """Width and height must be multiples of this; two-stage generation runs stage 1 at half size."""
-        cell = self.pipe.vae_spatial_compression_ratio * self.pipe.transformer_spatial_patch_size
-        return cell * self.reference_downscale_factor * (2 ** (stages - 1))
+    def spatial_multiple(self) -> int:
+        return self.pipe.spatial_multiple(self.reference_downscale_factor)
 
-    def generate(
+    # --- the two calls a task makes ----------------------------------------------------------------
+
+    def prepare_shot(self, shot: SourceShot, key: str | None = None, max_height: int | None = None) -> PreparedShot:
+        """Plan the shot's windows and encode their references; cached by ``key`` (a content hash).
+
+        ``max_height`` below the shot's height generates at that height (aspect kept) and scales the
+        result back; the smoke profile uses it to stay fast, real profiles pass None.
+        """
+        frames = _check_shot(shot)
+        num_frames, height, width, _ = frames.shape
+        cache_key = (key, max_height) if key is not None else None
+        with self._lock:
+            if cache_key is not None and cache_key in self._prepared:
+                self._prepared.move_to_end(cache_key)
+                return self._prepared[cache_key]
+            gen_h, gen_w = _generation_size(height, width, max_height)
+            multiple = self.spatial_multiple()
+            pad_h, pad_w = _round_up(gen_h, multiple), _round_up(gen_w, multiple)
+            top, left = (pad_h - gen_h) // 2, (pad_w - gen_w) // 2
+            windows = []
+            for start, length in self.plan_windows(num_frames):
+                picture = _to_float(frames[start : start + length], (gen_h, gen_w))  # (L, 3, gen_h, gen_w)
+                picture = F.pad(picture, (left, pad_w - gen_w - left, top, pad_h - gen_h - top), mode="replicate")
+                padded = _round_up(length - 1, self.frame_multiple) + 1
+                if padded > length:
+                    picture = torch.cat([picture, picture[-1:].expand(padded - length, -1, -1, -1)])
+                sound = _audio_span(shot.audio, shot.sample_rate, shot.fps, start, padded)
+                references = self.pipe.encode_references(
+                    picture, torch.from_numpy(sound), shot.sample_rate, float(shot.fps), self.reference_downscale_factor
+                )
+                windows.append(_Window(start, length, references))
+            prepared = PreparedShot(num_frames, height, width, Fraction(shot.fps), (gen_h, gen_w), (top, left),
+                                    tuple(windows))
+            self.reference_encodings += 1
+            if cache_key is not None:
+                self._prepared[cache_key] = prepared
+                while len(self._prepared) > _PREPARED_CACHE:
+                    self._prepared.popitem(last=False)
+            return prepared
+
+    def embed_prompts(self, prompts: list[str]) -> dict[str, PromptEmbedding]:
+        """Every prompt's embedding; the ones not cached yet are encoded together in one batch."""
+        with self._lock:
+            missing = list(dict.fromkeys(p for p in prompts if p not in self._prompts))
+            if missing:
+                text_encoder = self.pipe.text_encoder
+                if text_encoder.device != self.device:  # released after an earlier batch
+                    text_encoder.to(self.device)
+                for prompt, embedding in zip(missing, self.pipe.encode_prompts(missing, MAX_PROMPT_TOKENS)):
+                    self._prompts[prompt] = embedding
+                self._release_text_encoder_if_short()
+                while len(self._prompts) > _PROMPT_CACHE:
+                    self._prompts.popitem(last=False)
+            return {p: self._prompts[p] for p in prompts}
+
+    def _release_text_encoder_if_short(self) -> None:
+        """Move the text encoder (Gemma 3 12B: ~24 GB in bf16) to host memory when the GPU runs short.
+
+        Prompts are encoded once per shot and cached, so the encoder is idle while the transformer
+        and VAEs need room for a clip's activations.
+        """
+        if self.device.type != "cuda":
+            return
+        free, _ = torch.cuda.mem_get_info(self.device)
+        if free < self.gpu_reserve_bytes:
+            self.pipe.text_encoder.to("cpu")
+            torch.cuda.empty_cache()
+            logger.info("text encoder released to host memory (%.1f GiB free on %s)", free / 2**30, self.device)
+
+    def dub(
         self,
-        frames: np.ndarray,
-        fps: Fraction,
+        prepared: PreparedShot,
         prompt: str,
         seed: int,
-        max_height: int | None = None,
-        num_inference_steps: int | None = None,
+        stage_1_sigmas: tuple[float, ...] = STAGE_1_SIGMAS,
+        stage_2_sigmas: tuple[float, ...] = STAGE_2_SIGMAS,
+        timings: dict[str, float] | None = None,
     ) -> LipDubOutput:
-        """Re-lip ``frames`` (the locked shot, ``(F, H, W, 3)`` uint8) to ``prompt``.
-
-        ``max_height`` below ``H`` generates at that height (aspect kept) and resizes the result back
-        to ``H x W``; the smoke profile uses it to stay fast, the real profile passes None.
-        ``num_inference_steps`` None samples the distilled 8-step schedule; a number samples that many
-        steps on the pipeline's linear schedule.
-        """
-        from diffusers.pipelines.ltx2 import LTX2ReferenceCondition
-        from diffusers.pipelines.ltx2.utils import DISTILLED_SIGMA_VALUES
-
-        frames = np.asarray(frames)
-        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise ValueError(f"frames must be (F, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
-        num_frames, height, width, _ = frames.shape
-        if num_frames < 1 or height < 1 or width < 1:
-            raise ValueError(f"frames are empty: {frames.shape}")
-        fps = Fraction(fps)
-        if fps <= 0:
-            raise ValueError(f"fps must be positive, got {fps}")
-        if num_inference_steps is not None and num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-
-        gen_h, gen_w = _generation_size(height, width, max_height)
-        multiple = self.spatial_multiple(stages=1)
-        pad_h, pad_w = _round_up(gen_h, multiple), _round_up(gen_w, multiple)
-        top, left = (pad_h - gen_h) // 2, (pad_w - gen_w) // 2
-        padded_frames = _round_up(num_frames - 1, self.frame_multiple) + 1
-
-        picture = _to_float(frames, (gen_h, gen_w))  # (F, 3, gen_h, gen_w) in [0, 1]
-        picture = F.pad(picture, (left, pad_w - gen_w - left, top, pad_h - gen_h - top), mode="replicate")
-        if padded_frames > num_frames:
-            tail = picture[-1:].expand(padded_frames - num_frames, -1, -1, -1)
-            picture = torch.cat([picture, tail])
-        factor = self.reference_downscale_factor
-        reference = picture if factor == 1 else _resize(picture, (pad_h // factor, pad_w // factor))
-
-        if num_inference_steps is None:
-            schedule = {"sigmas": list(DISTILLED_SIGMA_VALUES)}
-        else:
-            schedule = {"num_inference_steps": num_inference_steps}
-        tokenizer_window = getattr(self.pipe.tokenizer, "model_max_length", MAX_PROMPT_TOKENS) or MAX_PROMPT_TOKENS
+        """The dubbed take: exactly the shot's frame count, size and duration."""
         with self._lock:
-            video, audio = self.pipe(
-                prompt=prompt,
-                reference_conditions=[LTX2ReferenceCondition(frames=reference, strength=1.0)],
-                reference_downscale_factor=factor,
-                height=pad_h,
-                width=pad_w,
-                num_frames=padded_frames,
-                frame_rate=float(fps),
-                # Distilled: one transformer forward per step, no guidance of any kind.
-                guidance_scale=1.0,
-                stg_scale=0.0,
-                modality_scale=1.0,
-                guidance_rescale=0.0,
-                audio_guidance_scale=1.0,
-                audio_stg_scale=0.0,
-                audio_modality_scale=1.0,
-                audio_guidance_rescale=0.0,
-                # A CPU generator: the same seed gives the same initial noise on every device.
-                generator=torch.Generator(device="cpu").manual_seed(int(seed)),
-                max_sequence_length=min(MAX_PROMPT_TOKENS, int(tokenizer_window)),
-                output_type="pt",
-                return_dict=False,
-                **schedule,
-            )
+            embedding = self.embed_prompts([prompt])[prompt]
+            gen_h, gen_w = prepared.generation_size
+            top, left = prepared.padding
+            sample_rate = self.sample_rate
+            total_samples = round(Fraction(prepared.num_frames) / prepared.fps * sample_rate)
+            frames = np.empty((prepared.num_frames, prepared.height, prepared.width, 3), np.uint8)
+            audio = np.zeros((0, total_samples), np.float32)
+            sounded_until = 0
+            tail: torch.Tensor | None = None  # the previous window's frames that overlap this one
+            for index, window in enumerate(prepared.windows):
+                # One generator per window, seeded from the take's seed: windows are independent draws.
+                generator = torch.Generator(device="cpu").manual_seed(int(seed) + index)
+                result = self.pipe(window.references, embedding, generator, stage_1_sigmas, stage_2_sigmas, timings)
+                video = result.video[: window.frames, :, top : top + gen_h, left : left + gen_w].cpu().clone()
+                if tail is not None:
+                    video[: tail.shape[0]] = _crossfade(tail, video[: tail.shape[0]])
+                following = prepared.windows[index + 1].start if index + 1 < len(prepared.windows) else None
+                done = window.frames if following is None else following - window.start
+                frames[window.start : window.start + done] = _to_uint8(video[:done], (prepared.height, prepared.width))
+                tail = video[done:] if following is not None else None
 
-        video = video[0, :num_frames, :, top : top + gen_h, left : left + gen_w]  # (F, 3, gen_h, gen_w)
-        out_frames = _to_uint8(video, (height, width))
-        sample_rate = self.sample_rate
-        out_audio = _fit_audio(audio[0].float().cpu().numpy(), round(Fraction(num_frames) / fps * sample_rate))
-        return LipDubOutput(frames=out_frames, audio=out_audio, sample_rate=sample_rate)
+                generated = result.audio.cpu().numpy()
+                if not audio.shape[0]:
+                    audio = np.zeros((generated.shape[0], total_samples), np.float32)
+                first = round(Fraction(window.start) / prepared.fps * sample_rate)
+                window_samples = round(Fraction(window.frames) / prepared.fps * sample_rate)
+                sounded_until = _place_audio(audio, generated[:, :window_samples], first, sounded_until)
+            return LipDubOutput(frames=frames, audio=audio, sample_rate=sample_rate)
+
+    def generate(self, shot: SourceShot, prompt: str, seed: int, max_height: int | None = None) -> LipDubOutput:
+        """``prepare_shot`` + ``dub`` for one prompt, no caching: the simple way in."""
+        return self.dub(self.prepare_shot(shot, max_height=max_height), prompt, seed)
+
+    def plan_windows(self, num_frames: int) -> list[tuple[int, int]]:
+        """``(start, frames)`` per window: one window if the shot fits, else overlapping full windows."""
+        if num_frames <= self.window_frames:
+            return [(0, num_frames)]
+        stride = self.window_frames - self.window_overlap
+        starts = list(range(0, num_frames - self.window_frames, stride)) + [num_frames - self.window_frames]
+        return [(start, self.window_frames) for start in starts]
 
 
-def _verify_lora_applied(pipe, expected: dict[str, torch.Tensor], lora_path: Path) -> list[str]:
+def fuse_lora(pipe: LTX2LipDubPipeline, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load an IC-LoRA (official or diffusers key layout) through diffusers/peft, verify it, fuse it once."""
+    expected = pipe.lora_state_dict(dict(state_dict))  # the mixin's conversion of the official layout
+    pipe.load_lora_weights(dict(state_dict), adapter_name=ADAPTER_NAME)
+    components = _verify_lora_applied(pipe, expected, source)
+    pipe.fuse_lora(components=components, lora_scale=1.0, adapter_names=[ADAPTER_NAME])
+    # Fused into the base weights; the peft wrappers would only cost time at every forward.
+    pipe.unload_lora_weights()
+
+
+def _use_memory_options(pipe: LTX2LipDubPipeline) -> None:
+    """On a GPU, decode and encode video in tiles: a 1080p clip's VAE activations would not fit whole."""
+    if pipe.transformer.device.type == "cuda":
+        pipe.vae.enable_tiling()
+
+
+def _check_shot(shot: SourceShot) -> np.ndarray:
+    frames = np.asarray(shot.frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be (F, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    if min(frames.shape[:3]) < 1:
+        raise ValueError(f"frames are empty: {frames.shape}")
+    if Fraction(shot.fps) <= 0:
+        raise ValueError(f"fps must be positive, got {shot.fps}")
+    audio = np.asarray(shot.audio)
+    if audio.ndim != 2 or audio.shape[1] == 0 or shot.sample_rate <= 0:
+        raise NoVoiceReferenceError(
+            "the shot has no audio: LipDub takes the speaker's voice from the shot's own sound"
+        )
+    if audio.shape[0] not in (1, 2):
+        raise ValueError(f"voice reference must be mono or stereo, got {audio.shape[0]} channels (downmix first)")
+    return frames
+
+
+def _audio_span(audio: np.ndarray, sample_rate: int, fps: Fraction, start: int, frames: int) -> np.ndarray:
+    """The source sound under frames [start, start + frames), silence-padded past the end of the shot."""
+    first = round(Fraction(start) / Fraction(fps) * sample_rate)
+    count = round(Fraction(frames) / Fraction(fps) * sample_rate)
+    span = np.zeros((audio.shape[0], count), np.float32)
+    piece = audio[:, first : first + count]
+    span[:, : piece.shape[1]] = piece
+    return span
+
+
+def _crossfade(outgoing: torch.Tensor, incoming: torch.Tensor) -> torch.Tensor:
+    """Linear cross-fade along the first axis, excluding both end points (each side keeps one pure frame)."""
+    steps = outgoing.shape[0]
+    weight = torch.arange(1, steps + 1, dtype=torch.float32) / (steps + 1)
+    weight = weight.view(-1, *([1] * (outgoing.ndim - 1)))
+    return outgoing * (1 - weight) + incoming * weight
+
+
+def _place_audio(take: np.ndarray, piece: np.ndarray, first: int, sounded_until: int) -> int:
+    """Write a window's audio into ``take`` at sample ``first``, cross-fading over what already sounds there.
+
+    Only samples a window really generated count as sounding (its decoder ends a few ms short of the
+    window), so a join never fades into padding. Returns the new end of the sounding part.
+    """
+    piece = piece[:, : take.shape[1] - first]
+    overlap = max(0, min(sounded_until, first + piece.shape[1]) - first)
+    if overlap:
+        held = torch.from_numpy(take[:, first : first + overlap].T.copy())
+        take[:, first : first + overlap] = _crossfade(held, torch.from_numpy(piece[:, :overlap].T.copy())).numpy().T
+    take[:, first + overlap : first + piece.shape[1]] = piece[:, overlap:]
+    return max(sounded_until, first + piece.shape[1])
+
+
+def _verify_lora_applied(pipe, expected: dict[str, torch.Tensor], source: str) -> list[str]:
     """Fail unless every LoRA tensor in the file was loaded, unchanged, into a module of the pipeline.
 
     diffusers only logs a warning for LoRA keys that match no module, and a LoRA that silently does
@@ -300,7 +472,7 @@ def _verify_lora_applied(pipe, expected: dict[str, torch.Tensor], lora_path: Pat
     if not components and not problems:
         problems.append("the file holds no LoRA tensors")
     if problems:
-        raise LipDubLoadError(f"IC-LoRA {lora_path} does not fit these weights: " + "; ".join(problems))
+        raise LipDubLoadError(f"IC-LoRA {source} does not fit these weights: " + "; ".join(problems))
     return components
 
 
@@ -343,14 +515,6 @@ def _to_uint8(video: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(pixels.permute(0, 2, 3, 1).numpy())
 
 
-def _fit_audio(audio: np.ndarray, samples: int) -> np.ndarray:
-    """Exactly ``samples`` long: drop the padded frames' audio, or pad the causal decoder's few-ms shortfall."""
-    audio = np.ascontiguousarray(audio, dtype=np.float32)
-    if audio.shape[1] >= samples:
-        return audio[:, :samples].copy()
-    return np.pad(audio, ((0, 0), (0, samples - audio.shape[1])))
-
-
 # ---------------------------------------------------------------------------------------------------
 # Residency: one model per (device, weights, LoRA, dtype) per process.
 
@@ -365,24 +529,35 @@ def get_resident_model(
     return resident(key, lambda: LipDubModel.load(Path(weights_dir), Path(lora_path), device=device, dtype=dtype))
 
 
+def get_resident_random_model(arch: LTX2Architecture, device: str, dtype: torch.dtype, seed: int) -> LipDubModel:
+    """The process's random-weight LipDub of ``arch`` (e.g. full-size LTX-2.3), built on ``device`` once."""
+    key = ("lipdub-random", arch.name, str(torch.device(device)), str(dtype), seed)
+    return resident(key, lambda: build_random_model(arch, device, dtype, seed))
+
+
+def build_random_model(arch: LTX2Architecture, device: str, dtype: torch.dtype, seed: int) -> LipDubModel:
+    """Random components built on ``device`` plus a random IC-LoRA in the official layout, fused the real way."""
+    pipe = LTX2LipDubPipeline(**build_components(arch, device, dtype, seed))
+    pipe.set_progress_bar_config(disable=True)
+    _use_memory_options(pipe)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        lora = random_ic_lora(pipe.transformer)
+    fuse_lora(pipe, lora, f"random IC-LoRA for {arch.name}")
+    LipDubModel.load_count += 1
+    return LipDubModel(pipe, reference_downscale_factor=1, identity=f"{arch.name}-random@{seed}")
+
+
 # ---------------------------------------------------------------------------------------------------
-# Smoke weights: tiny random LTX-2 components in the real layout.
+# Smoke weights: tiny random LTX-2 components (ltx2_architectures.SMOKE) in the real on-disk layout.
 
 SMOKE_SEED = 20_260_101
 _SMOKE_MARKER = ".dubflow-smoke-complete"
 # Bump when the smoke architecture changes, so caches built by an older dubflow are rebuilt.
-_SMOKE_VERSION = "ltx2-smoke-1"
+_SMOKE_VERSION = "ltx2-lipdub-smoke-3"
 
-_GEMMA_LAYERS = 2
-_GEMMA_HIDDEN = 16
-_TOKENIZER_WINDOW = 128  # prompt tokens; a multiple of the connectors' learnable registers
-_CONNECTOR_REGISTERS = 16
-_VIDEO_HEADS, _VIDEO_HEAD_DIM = 2, 8
-_AUDIO_HEADS, _AUDIO_HEAD_DIM = 2, 4
-_VIDEO_LATENT_CHANNELS = 8
-_AUDIO_LATENT_CHANNELS, _MEL_BINS = 2, 16
 _LORA_RANK = 2
-# Official (ltx-core) module names the smoke IC-LoRA adapts. Inside the blocks they equal diffusers'
+# Official (ltx-core) module names a random IC-LoRA adapts. Inside the blocks they equal diffusers'
 # names; `patchify_proj` (diffusers: `proj_in`) exercises the mixin's renaming.
 _LORA_BLOCK_TARGETS = tuple(
     f"{attn}.{proj}"
@@ -424,122 +599,18 @@ def _smoke_complete(weights_dir: Path) -> bool:
 
 
 def _write_smoke_weights(out: Path) -> None:
-    from diffusers import LTX2InContextPipeline
     from safetensors.torch import save_file
 
+    components = build_components(SMOKE, "cpu", torch.float32, SMOKE_SEED)
+    LTX2LipDubPipeline(**components).save_pretrained(out)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SMOKE_SEED)
-        components = _smoke_components()
-        pipe = LTX2InContextPipeline(**components)
-        pipe.save_pretrained(out)
-        lora = _smoke_lora(components["transformer"])
+        lora = random_ic_lora(components["transformer"])
     save_file(lora, str(out / LIPDUB_LORA_FILE), metadata={REFERENCE_DOWNSCALE_KEY: "1"})
     (out / _SMOKE_MARKER).write_text(_SMOKE_VERSION + "\n")
 
 
-def _smoke_tokenizer():
-    """A Gemma tokenizer with a character vocabulary and byte fallback: any script, no download."""
-    from transformers import GemmaTokenizer
-
-    vocab = {token: i for i, token in enumerate(("<pad>", "<eos>", "<bos>", "<unk>", "<mask>"))}
-    for byte in range(256):
-        vocab[f"<0x{byte:02X}>"] = len(vocab)
-    for char in ["▁", *map(chr, range(33, 127))]:
-        vocab.setdefault(char, len(vocab))
-    return GemmaTokenizer(vocab=vocab, merges=[], add_bos_token=True, model_max_length=_TOKENIZER_WINDOW)
-
-
-def _smoke_components() -> dict:
-    from diffusers import (
-        AutoencoderKLLTX2Audio,
-        AutoencoderKLLTX2Video,
-        FlowMatchEulerDiscreteScheduler,
-        LTX2VideoTransformer3DModel,
-    )
-    from diffusers.pipelines.ltx2 import LTX2TextConnectors, LTX2VocoderWithBWE
-    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
-
-    tokenizer = _smoke_tokenizer()
-    vocab_size = len(tokenizer)
-    text_encoder = Gemma3ForConditionalGeneration(
-        Gemma3Config(
-            text_config=dict(
-                vocab_size=vocab_size, hidden_size=_GEMMA_HIDDEN, intermediate_size=32,
-                num_hidden_layers=_GEMMA_LAYERS, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
-                max_position_embeddings=4 * _TOKENIZER_WINDOW, sliding_window=_TOKENIZER_WINDOW,
-                pad_token_id=0, eos_token_id=1, bos_token_id=2,
-            ),
-            vision_config=dict(
-                model_type="siglip_vision_model", hidden_size=8, intermediate_size=16, num_hidden_layers=1,
-                num_attention_heads=2, image_size=28, patch_size=14,
-            ),
-            mm_tokens_per_image=4,
-            # No image tokens in a text-only vocabulary: park them just past it.
-            boi_token_index=vocab_size, eoi_token_index=vocab_size, image_token_index=vocab_size,
-        )
-    ).eval()
-    video_dim, audio_dim = _VIDEO_HEADS * _VIDEO_HEAD_DIM, _AUDIO_HEADS * _AUDIO_HEAD_DIM
-    audio_latent_mel_bins = _MEL_BINS // 4  # the audio VAE compresses mel bins 4x
-    # LTX-2.3 switches throughout (gated attention, cross-attention modulation, per-modality text
-    # projections, STG-capable attention, split RoPE) so the smoke model runs the code real weights run.
-    transformer = LTX2VideoTransformer3DModel(
-        in_channels=_VIDEO_LATENT_CHANNELS, out_channels=_VIDEO_LATENT_CHANNELS, patch_size=1, patch_size_t=1,
-        num_attention_heads=_VIDEO_HEADS, attention_head_dim=_VIDEO_HEAD_DIM, cross_attention_dim=video_dim,
-        vae_scale_factors=(8, 32, 32), gated_attn=True, cross_attn_mod=True,
-        audio_in_channels=_AUDIO_LATENT_CHANNELS * audio_latent_mel_bins,
-        audio_out_channels=_AUDIO_LATENT_CHANNELS * audio_latent_mel_bins,
-        audio_num_attention_heads=_AUDIO_HEADS, audio_attention_head_dim=_AUDIO_HEAD_DIM,
-        audio_cross_attention_dim=audio_dim, audio_gated_attn=True, audio_cross_attn_mod=True,
-        num_layers=2, caption_channels=_GEMMA_HIDDEN, rope_type="split", use_prompt_embeddings=False,
-        perturbed_attn=True,
-    )
-    connectors = LTX2TextConnectors(
-        caption_channels=_GEMMA_HIDDEN, text_proj_in_factor=_GEMMA_LAYERS + 1,
-        video_connector_num_attention_heads=_VIDEO_HEADS, video_connector_attention_head_dim=_VIDEO_HEAD_DIM,
-        video_connector_num_layers=1, video_connector_num_learnable_registers=_CONNECTOR_REGISTERS,
-        video_gated_attn=True,
-        audio_connector_num_attention_heads=_AUDIO_HEADS, audio_connector_attention_head_dim=_AUDIO_HEAD_DIM,
-        audio_connector_num_layers=1, audio_connector_num_learnable_registers=_CONNECTOR_REGISTERS,
-        audio_gated_attn=True,
-        connector_rope_base_seq_len=_TOKENIZER_WINDOW, rope_type="split", per_modality_projections=True,
-        video_hidden_dim=video_dim, audio_hidden_dim=audio_dim, proj_bias=True,
-    )
-    # The LTX-2.3 VAE layout with 1/32 of its channels: 4x4 patches then 2x down per block = 32x spatial,
-    # 8x temporal, exactly as the real VAE, so padding and latent shapes match the real profile.
-    vae = AutoencoderKLLTX2Video(
-        latent_channels=_VIDEO_LATENT_CHANNELS,
-        block_out_channels=(8, 16, 32, 32), decoder_block_out_channels=(8, 16, 16, 32),
-        layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1, 1),
-        spatio_temporal_scaling=(True, True, True, True), decoder_spatio_temporal_scaling=(True, True, True, True),
-        decoder_inject_noise=(False,) * 5,
-        downsample_type=("spatial", "temporal", "spatiotemporal", "spatiotemporal"),
-        upsample_type=("spatiotemporal", "spatiotemporal", "temporal", "spatial"),
-        upsample_residual=(False,) * 4, upsample_factor=(2, 2, 1, 2),
-        patch_size=4, patch_size_t=1, encoder_causal=True, decoder_causal=False,
-        encoder_spatial_padding_mode="zeros", decoder_spatial_padding_mode="zeros",
-        spatial_compression_ratio=32, temporal_compression_ratio=8,
-    )
-    # base_channels doubles as the width of the packed latent statistics: latent channels x latent mel bins.
-    audio_vae = AutoencoderKLLTX2Audio(
-        base_channels=_AUDIO_LATENT_CHANNELS * audio_latent_mel_bins, output_channels=2, ch_mult=(1, 2, 4),
-        num_res_blocks=1, in_channels=2, resolution=16, latent_channels=_AUDIO_LATENT_CHANNELS,
-        sample_rate=16_000, mel_hop_length=160, mel_bins=_MEL_BINS,
-    )
-    # 16 kHz vocoder (x160) + bandwidth extension to 48 kHz stereo (x240 from its 80-sample-hop mel).
-    vocoder = LTX2VocoderWithBWE(
-        in_channels=2 * _MEL_BINS, hidden_channels=64, resnet_kernel_sizes=[3], resnet_dilations=[[1, 3, 5]],
-        bwe_in_channels=2 * _MEL_BINS, bwe_hidden_channels=32, bwe_resnet_kernel_sizes=[3],
-        bwe_resnet_dilations=[[1, 3, 5]], num_mel_channels=_MEL_BINS,
-        input_sampling_rate=16_000, output_sampling_rate=48_000,
-    )
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
-    return dict(
-        scheduler=scheduler, vae=vae, audio_vae=audio_vae, text_encoder=text_encoder, tokenizer=tokenizer,
-        connectors=connectors, transformer=transformer, vocoder=vocoder,
-    )
-
-
-def _smoke_lora(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
+def random_ic_lora(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Random rank-2 LoRA tensors keyed like an official LTX-2 IC-LoRA (``diffusion_model.`` prefix)."""
     modules = dict(transformer.named_modules())
     targets = list(_LORA_TOP_TARGETS)

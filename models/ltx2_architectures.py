@@ -262,9 +262,10 @@ SMOKE = LTX2Architecture(
         input_sampling_rate=16_000, output_sampling_rate=48_000,
     ),
     # The LTX-2.3 upsampler layout (conv + pixel shuffle, no rational resampler) at the smoke VAE's
-    # latent width. Every block norms with GroupNorm(32, mid_channels): 32 is the least width.
+    # latent width. Every block norms with GroupNorm(32, mid_channels); 64 gives each group two channels,
+    # so even a one-cell latent (1 frame, 1x1 at half size) has more than one value per group.
     latent_upsampler=dict(
-        in_channels=_SMOKE_VIDEO_LATENT_CHANNELS, mid_channels=32, num_blocks_per_stage=1, dims=3,
+        in_channels=_SMOKE_VIDEO_LATENT_CHANNELS, mid_channels=64, num_blocks_per_stage=1, dims=3,
         spatial_upsample=True, temporal_upsample=False, rational_spatial_scale=2.0, use_rational_resampler=False,
     ),
     text_encoder=dict(

@@ -5,6 +5,9 @@
   Its pictures and voices are noise: it checks the plumbing, never the quality.
 - `ltx-2.3`: the real LTX-2.3 base + LipDub IC-LoRA from a local diffusers-format directory, and
   Demucs `htdemucs` (hub cache, or a local demucs model folder).
+- `ltx-2.3-random`: the full-size LTX-2.3 architecture (and a random IC-LoRA in the official key
+  format) with random weights, built directly on the GPU: for speed and memory measurements. Its
+  separator is the smoke HTDemucs. Noise, like the smoke profile.
 """
 
 from __future__ import annotations
@@ -16,11 +19,16 @@ from pathlib import Path
 
 import torch
 
-PROFILE_NAMES = ("smoke", "ltx-2.3")
+PROFILE_NAMES = ("smoke", "ltx-2.3", "ltx-2.3-random")
+RANDOM_WEIGHTS_SEED = 20_260_101
 LIPDUB_LORA_FILE = "ltx-2.3-22b-ic-lora-lipdub-0.9.safetensors"
 SMOKE_NOTICE = (
     "SMOKE PROFILE: tiny random-weight models — the dubbed pictures and voices are noise. "
     "This run checks the plumbing, not the quality."
+)
+RANDOM_NOTICE = (
+    "LTX-2.3-RANDOM PROFILE: full-size architecture with random weights — the dubbed pictures and voices "
+    "are noise. This run measures speed and memory, not quality."
 )
 
 
@@ -35,14 +43,15 @@ class ModelProfile:
     device: str
     separator_name: str
     separator_repo: Path | None  # a local demucs model folder; None = demucs' own hub cache
-    lipdub_weights: Path  # diffusers-format directory of the LTX-2 base
-    lipdub_lora: Path  # IC-LoRA safetensors in the official key format
+    lipdub_weights: Path | None  # diffusers-format directory of the LTX-2 base; None = built at random
+    lipdub_lora: Path | None  # IC-LoRA safetensors in the official key format; None = built at random
     max_height: int | None  # generation height cap (smoke only); None = the shot's own size
-    num_inference_steps: int | None  # None = the pipeline's default
 
     @property
     def notice(self) -> str | None:
-        return SMOKE_NOTICE if self.random_weights else None
+        if not self.random_weights:
+            return None
+        return RANDOM_NOTICE if self.lipdub_weights is None else SMOKE_NOTICE
 
 
 def cache_dir() -> Path:
@@ -71,7 +80,6 @@ def resolve_profile(name: str) -> ModelProfile:
             lipdub_weights=weights,
             lipdub_lora=weights / LIPDUB_LORA_FILE,
             max_height=128,
-            num_inference_steps=2,
         )
     if name == "ltx-2.3":
         weights = Path(os.environ.get("DUBFLOW_LTX_WEIGHTS", cache_dir() / "ltx-2.3"))
@@ -91,13 +99,32 @@ def resolve_profile(name: str) -> ModelProfile:
             lipdub_weights=weights,
             lipdub_lora=lora,
             max_height=None,
-            num_inference_steps=None,
+        )
+    if name == "ltx-2.3-random":
+        from dubflow.models.separator import build_smoke_separator
+
+        if not torch.cuda.is_available():
+            raise ProfileError("ltx-2.3-random builds the full-size model on a GPU; no CUDA device is visible")
+        with _build_lock:
+            separator_name, separator_repo = build_smoke_separator(cache_dir() / "smoke" / "demucs")
+        return ModelProfile(
+            name="ltx-2.3-random",
+            random_weights=True,
+            device="cuda",
+            separator_name=separator_name,
+            separator_repo=separator_repo,
+            lipdub_weights=None,
+            lipdub_lora=None,
+            max_height=None,
         )
     raise ProfileError(f"unknown model profile {name!r}; choose one of {', '.join(PROFILE_NAMES)}")
 
 
 def load_lipdub(profile: ModelProfile):  # -> LipDubModel (import deferred: diffusers is heavy)
-    from dubflow.models.lipdub import get_resident_model
+    from dubflow.models.lipdub import get_resident_model, get_resident_random_model
+    from dubflow.models.ltx2_architectures import LTX_2_3
 
     dtype = torch.bfloat16 if profile.device.startswith("cuda") else torch.float32
+    if profile.lipdub_weights is None:
+        return get_resident_random_model(LTX_2_3, profile.device, dtype, RANDOM_WEIGHTS_SEED)
     return get_resident_model(profile.lipdub_weights, profile.lipdub_lora, profile.device, dtype)

@@ -6,14 +6,19 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from dubflow.manifests.schema import ManifestRow, language_name
-from dubflow.models.lipdub import build_prompt
+from dubflow.models.lipdub import SourceShot, build_prompt
 from dubflow.models.profiles import ModelProfile, load_lipdub
-from dubflow.tasks.media import AudioTrack, audio_layout_name, read_frames, write_video, write_wav
+from dubflow.tasks.media import AudioTrack, MediaError, audio_layout_name, read_audio, read_frames, write_video, write_wav
+from dubflow.tasks.separate import require_audio_track
 from dubflow.tasks.validate import Shot
+
+# FFmpeg channel order puts the front centre third (FL FR FC ...): where film dialogue lives.
+_CENTRE_CHANNEL = 2
 
 
 @dataclass(frozen=True)
@@ -31,29 +36,47 @@ def pair_seed(shot: Shot, language: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{shot.sha256}/{language}".encode()).digest()[:4], "big")
 
 
-def lipdub_pair(shot: Shot, row: ManifestRow, profile: ModelProfile, work_dir: Path) -> DubbedTake:
-    prompt = build_prompt(row.speaker, language_name(row.language), row.script)
-    seed = pair_seed(shot, row.language)
+def row_prompt(row: ManifestRow) -> str:
+    return build_prompt(row.speaker, language_name(row.language), row.script)
+
+
+def voice_reference(audio: np.ndarray, layout: str) -> np.ndarray:
+    """The shot's sound as LipDub's voice reference: mono or stereo as it is, the centre of a 5.1."""
+    if audio.shape[0] <= 2:
+        return audio
+    if layout.startswith("5.1"):
+        return audio[_CENTRE_CHANNEL : _CENTRE_CHANNEL + 1]
+    raise MediaError(f"no voice reference rule for a {layout} soundtrack; deliver stereo or 5.1")
+
+
+def lipdub_pair(
+    shot: Shot, row: ManifestRow, shot_rows: list[ManifestRow], profile: ModelProfile, work_dir: Path
+) -> DubbedTake:
+    """``shot_rows`` are all of the shot's rows: their prompts are text-encoded in one batch, once."""
+    require_audio_track(shot)
     model = load_lipdub(profile)
-    frames = read_frames(shot.source)
-    output = model.generate(
-        frames,
-        shot.media.fps,
-        prompt,
-        seed,
-        max_height=profile.max_height,
-        num_inference_steps=profile.num_inference_steps,
+    audio, sample_rate = read_audio(shot.source)
+    source = SourceShot(
+        read_frames(shot.source), shot.media.fps, voice_reference(audio, shot.media.audio[0].layout), sample_rate
     )
+    # Keyed by picture content and model: every language of the shot reuses one reference encoding.
+    prepared = model.prepare_shot(source, key=f"{shot.sha256}:{model.identity}", max_height=profile.max_height)
+    model.embed_prompts([row_prompt(r) for r in shot_rows])
+    prompt, seed = row_prompt(row), pair_seed(shot, row.language)
+    output = model.dub(prepared, prompt, seed)
+
     pair_dir = Path(work_dir) / shot.shot_id / row.language
     pair_dir.mkdir(parents=True, exist_ok=True)
     picture = write_video(pair_dir / "picture.mp4", output.frames, shot.media.fps)
-    audio = write_wav(
+    generated = write_wav(
         pair_dir / "generated.wav",
         AudioTrack(output.audio, output.sample_rate, audio_layout_name(output.audio.shape[0])),
     )
-    return DubbedTake(shot.shot_id, row.language, prompt, seed, picture, audio)
+    return DubbedTake(shot.shot_id, row.language, prompt, seed, picture, generated)
 
 
 @task(name="lipdub", cache_policy=NO_CACHE, task_run_name="lipdub {row.shot_id} {row.language}")
-def lipdub_pair_task(shot: Shot, row: ManifestRow, profile: ModelProfile, work_dir: Path) -> DubbedTake:
-    return lipdub_pair(shot, row, profile, work_dir)
+def lipdub_pair_task(
+    shot: Shot, row: ManifestRow, shot_rows: list[ManifestRow], profile: ModelProfile, work_dir: Path
+) -> DubbedTake:
+    return lipdub_pair(shot, row, shot_rows, profile, work_dir)

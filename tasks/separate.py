@@ -36,12 +36,16 @@ class SeparatedShot:
     dialogue_channels: tuple[int, ...]  # channels the dialogue was found in (e.g. (2,) = centre of 5.1)
 
 
-def separate_shot(shot: Shot, profile: ModelProfile, work_dir: Path) -> SeparatedShot:
+def require_audio_track(shot: Shot) -> None:
     if not shot.media.audio:
         raise NoAudioTrackError(
             f"shot {shot.shot_id}: {shot.source} has no audio track; LipDub needs the shot's own dialogue "
             "as the voice reference — re-export the locked picture with its production sound"
         )
+
+
+def separate_shot(shot: Shot, profile: ModelProfile, work_dir: Path) -> SeparatedShot:
+    require_audio_track(shot)
     audio, rate = read_audio(shot.source)
     layout = shot.media.audio[0].layout
     separator = get_resident_separator(profile.separator_name, profile.separator_repo, profile.device)

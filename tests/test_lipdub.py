@@ -1,4 +1,5 @@
-"""LipDub on diffusers' LTX-2: smoke weights, IC-LoRA loading and fusing, exact shapes, determinism, residency."""
+"""LipDub on diffusers' LTX-2: smoke weights, IC-LoRA loading and fusing, the voice reference, two stages,
+exact shapes, windows, reference reuse, determinism, residency."""
 
 from __future__ import annotations
 
@@ -19,11 +20,14 @@ from dubflow.models.lipdub import (
     ADAPTER_NAME,
     LipDubLoadError,
     LipDubModel,
+    NoVoiceReferenceError,
+    SourceShot,
     build_prompt,
     build_smoke_weights,
     get_resident_model,
     read_reference_downscale_factor,
 )
+from dubflow.models.lipdub_pipeline import AUDIO_REFERENCE_GAP_SECONDS, STAGE_1_SIGMAS, STAGE_2_SIGMAS
 from dubflow.models.profiles import LIPDUB_LORA_FILE
 
 FPS = Fraction(30000, 1001)
@@ -47,6 +51,14 @@ def model(smoke_weights: Path, lora_path: Path) -> LipDubModel:
 
 def _frames(num_frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (num_frames, height, width, 3), dtype=np.uint8)
+
+
+def _shot(num_frames: int, height: int, width: int, seed: int = 0, fps: Fraction = FPS,
+          sample_rate: int = 48_000, channels: int = 2) -> SourceShot:
+    rng = np.random.default_rng(seed + 1000)
+    samples = round(Fraction(num_frames) / fps * sample_rate)
+    audio = (0.1 * rng.standard_normal((channels, samples))).astype(np.float32)
+    return SourceShot(_frames(num_frames, height, width, seed), fps, audio, sample_rate)
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
@@ -95,8 +107,9 @@ def test_build_prompt() -> None:
 
 def test_smoke_weights_layout(smoke_weights: Path, lora_path: Path) -> None:
     index = (smoke_weights / "model_index.json").read_text()
-    assert '"LTX2InContextPipeline"' in index
-    for sub in ("transformer", "vae", "audio_vae", "connectors", "vocoder", "text_encoder", "tokenizer", "scheduler"):
+    assert '"LTX2LipDubPipeline"' in index
+    for sub in ("transformer", "vae", "audio_vae", "connectors", "vocoder", "text_encoder", "tokenizer", "scheduler",
+                "latent_upsampler"):
         assert (smoke_weights / sub).is_dir(), sub
     assert lora_path.is_file()
     size = sum(p.stat().st_size for p in smoke_weights.rglob("*") if p.is_file())
@@ -123,14 +136,12 @@ def test_interrupted_build_is_redone(smoke_weights: Path, tmp_path: Path) -> Non
 
 
 def test_weights_round_trip_through_save_and_load(smoke_weights: Path) -> None:
-    from diffusers import LTX2InContextPipeline
+    from dubflow.models.lipdub import SMOKE_SEED
+    from dubflow.models.lipdub_pipeline import LTX2LipDubPipeline
+    from dubflow.models.ltx2_architectures import SMOKE, build_components
 
-    from dubflow.models.lipdub import SMOKE_SEED, _smoke_components
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(SMOKE_SEED)
-        built = _smoke_components()
-    loaded = LTX2InContextPipeline.from_pretrained(smoke_weights, dtype=torch.float32)
+    built = build_components(SMOKE, "cpu", torch.float32, SMOKE_SEED)
+    loaded = LTX2LipDubPipeline.from_pretrained(smoke_weights, dtype=torch.float32)
     for name, original in built.items():
         restored = getattr(loaded, name)
         assert type(restored) is type(original), name
@@ -231,102 +242,234 @@ def test_missing_weights_are_a_clear_error(tmp_path: Path, lora_path: Path, smok
         LipDubModel.load(smoke_weights, tmp_path / "nope.safetensors")
 
 
-# --- generate ----------------------------------------------------------------------------------------
+# --- the voice reference and the two stages --------------------------------------------------------
+
+
+class _TransformerCalls:
+    """Records the keyword arguments of every transformer forward (a hook; the model runs unchanged)."""
+
+    def __init__(self, model: LipDubModel) -> None:
+        self.calls: list[dict] = []
+        self._handle = model.pipe.transformer.register_forward_pre_hook(self._record, with_kwargs=True)
+
+    def _record(self, module, args, kwargs) -> None:
+        self.calls.append({k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()})
+
+    def __enter__(self) -> _TransformerCalls:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+
+def test_two_distilled_stages_with_the_voice_reference_at_negative_times(model: LipDubModel) -> None:
+    shot = _shot(9, 60, 100, seed=4)
+    with _TransformerCalls(model) as recorded:
+        model.generate(shot, PROMPT, seed=3)
+    calls = recorded.calls
+    assert len(calls) == (len(STAGE_1_SIGMAS) - 1) + (len(STAGE_2_SIGMAS) - 1)  # one forward per step: no guidance
+    stage_1, stage_2 = calls[: len(STAGE_1_SIGMAS) - 1], calls[len(STAGE_1_SIGMAS) - 1 :]
+    assert [round(float(c["sigma"][0]) / 1000, 6) for c in stage_1] == list(STAGE_1_SIGMAS[:-1])
+    assert [round(float(c["sigma"][0]) / 1000, 6) for c in stage_2] == list(STAGE_2_SIGMAS[:-1])
+
+    target_audio_tokens = stage_2[0]["audio_hidden_states"].shape[1]  # stage 2: no voice reference appended
+    for call in stage_1:
+        starts = call["audio_coords"][0, 0, :, 0]
+        ends = call["audio_coords"][0, 0, :, 1]
+        reference = slice(target_audio_tokens, None)
+        assert call["audio_hidden_states"].shape[1] > target_audio_tokens
+        assert (starts[: target_audio_tokens] >= 0).all()
+        assert (ends[reference] < 0).all() and (starts[reference] < 0).all()
+        assert float(ends[reference].max()) == pytest.approx(-AUDIO_REFERENCE_GAP_SECONDS, abs=1e-6)
+        # The reference is context, clean: timestep 0 for its tokens, the step's sigma for the target.
+        assert (call["audio_timestep"][0, reference] == 0).all()
+        assert (call["audio_timestep"][0, :target_audio_tokens] == call["sigma"][0]).all()
+    # Stage 2 keeps the stage-1 audio frozen: clean timesteps and the same latent at every step.
+    for call in stage_2:
+        assert (call["audio_timestep"] == 0).all() and float(call["audio_sigma"][0]) == 0.0
+        torch.testing.assert_close(call["audio_hidden_states"], stage_2[0]["audio_hidden_states"])
+    # Stage 2 runs at twice the stage-1 width and height: four times the target video tokens.
+    stage_1_video = stage_1[0]["timestep"][0].count_nonzero()
+    stage_2_video = stage_2[0]["timestep"][0].count_nonzero()
+    assert stage_2_video == 4 * stage_1_video
+    # The video reference rides along clean in both stages, at the stage's own size.
+    for call in (stage_1[0], stage_2[0]):
+        assert call["hidden_states"].shape[1] == 2 * int(call["timestep"][0].count_nonzero())
+
+
+def test_the_voice_reference_changes_the_take(model: LipDubModel) -> None:
+    shot = _shot(9, 60, 100, seed=6)
+    other_voice = SourceShot(shot.frames, shot.fps, np.ascontiguousarray(shot.audio[:, ::-1]) * 3, shot.sample_rate)
+    first = model.generate(shot, PROMPT, seed=5)
+    again = model.generate(shot, PROMPT, seed=5)
+    changed = model.generate(other_voice, PROMPT, seed=5)
+    np.testing.assert_array_equal(first.audio, again.audio)
+    assert not np.array_equal(first.audio, changed.audio)
+    assert not np.array_equal(first.frames, changed.frames)
+
+
+def test_a_shot_without_sound_is_refused_clearly(model: LipDubModel) -> None:
+    silent = SourceShot(_frames(9, 60, 100), FPS, np.zeros((0, 0), np.float32), 0)
+    with pytest.raises(NoVoiceReferenceError, match="voice"):
+        model.generate(silent, PROMPT, seed=1)
+
+
+def test_log_mel_uses_slaney_filters_on_the_vae_grid(model: LipDubModel) -> None:
+    from dubflow.models.lipdub_pipeline import slaney_mel_filterbank
+
+    filters = slaney_mel_filterbank(513, 64, 16_000)
+    assert filters.shape == (513, 64) and (filters >= 0).all()
+    assert (filters.sum(0) > 0).all()  # every band catches some frequency
+    peaks = filters.argmax(0)
+    assert (peaks[1:] >= peaks[:-1]).all()  # bands rise with frequency
+    tone = torch.sin(2 * torch.pi * 1000 * torch.arange(16_000) / 16_000).unsqueeze(0)
+    mel = model.pipe.log_mel(tone, 16_000)
+    assert mel.shape == (1, 2, 16_000 // model.pipe.audio_hop_length + 1, model.pipe.audio_mel_bins)
+    loudest = int(mel[0, 0].mean(0).argmax())
+    centres = slaney_mel_filterbank(513, model.pipe.audio_mel_bins, 16_000).argmax(0) * 8_000 / 512
+    assert abs(float(centres[loudest]) - 1000) < 600  # the 1 kHz tone lands in the band around 1 kHz
+
+
+# --- shapes: never lossy ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_frames", [*range(1, 18), 31, 64, 100, 121, 199, 200])
+def test_every_frame_count_comes_back_exact(model: LipDubModel, num_frames: int) -> None:
+    out = model.generate(_shot(num_frames, 8, 8, seed=num_frames), PROMPT, seed=1)
+    assert out.frames.shape == (num_frames, 8, 8, 3)
+    assert out.audio.shape == (2, round(Fraction(num_frames) / FPS * out.sample_rate))
+
+
+def test_window_plan_covers_every_frame_count_exactly(model: LipDubModel) -> None:
+    for num_frames in range(1, 1201):
+        windows = model.plan_windows(num_frames)
+        assert windows[0][0] == 0 and windows[-1][0] + windows[-1][1] == num_frames
+        for (start, length), (next_start, _) in zip(windows, windows[1:]):
+            assert length == model.window_frames and (length - 1) % model.frame_multiple == 0
+            assert 0 < next_start - start <= model.window_frames - model.window_overlap  # every join overlaps
 
 
 @pytest.mark.parametrize(
-    ("num_frames", "height", "width", "max_height"),
-    [
-        (1, 60, 100, None),
-        (7, 60, 100, None),
-        (50, 60, 100, None),
-        (7, 480, 854, 128),
-        (50, 480, 854, 160),
-        (9, 33, 31, 128),
-    ],
+    ("height", "width", "max_height"),
+    [(480, 854, None), (1080, 1920, 128), (60, 100, None), (33, 31, None)],
 )
-def test_generate_returns_the_source_frame_count_and_size(model: LipDubModel, num_frames: int, height: int,
-                                                          width: int, max_height: int | None) -> None:
-    out = model.generate(_frames(num_frames, height, width), FPS, PROMPT, seed=1, max_height=max_height,
-                         num_inference_steps=2)
-    assert out.frames.shape == (num_frames, height, width, 3)
-    assert out.frames.dtype == np.uint8
-    assert out.sample_rate == 48_000
-    assert out.audio.dtype == np.float32
-    assert out.audio.shape == (2, round(Fraction(num_frames) / FPS * out.sample_rate))
-    assert np.isfinite(out.audio).all()
-    assert out.frames.std() > 0 and np.abs(out.audio).max() > 0
+def test_sizes_come_back_exact(model: LipDubModel, height: int, width: int, max_height: int | None) -> None:
+    out = model.generate(_shot(9, height, width), PROMPT, seed=1, max_height=max_height)
+    assert out.frames.shape == (9, height, width, 3) and out.frames.dtype == np.uint8
+    assert out.frames.std() > 0 and np.isfinite(out.audio).all() and np.abs(out.audio).max() > 0
 
 
-def test_generate_pads_without_loss_and_passes_the_exact_rate(model: LipDubModel) -> None:
-    """The reference the VAE sees holds every source pixel: padded up (edges, last frame), never cropped."""
-    seen: dict[str, object] = {}
-
-    def capture_reference(module, args):
-        seen.setdefault("reference", args[0].detach().clone())
-
-    def capture_fps(module, args, kwargs):
-        seen.setdefault("fps", kwargs["fps"])
-
-    hooks = [
-        model.pipe.vae.encoder.register_forward_pre_hook(capture_reference),
-        model.pipe.transformer.register_forward_pre_hook(capture_fps, with_kwargs=True),
-    ]
-    source = _frames(7, 60, 100, seed=5)
+def test_padding_keeps_every_source_pixel_and_the_exact_rate(model: LipDubModel) -> None:
+    """The full-size reference the VAE encodes holds every source pixel: padded up, never cropped."""
+    encoded: list[torch.Tensor] = []
+    hook = model.pipe.vae.encoder.register_forward_pre_hook(lambda module, args: encoded.append(args[0].clone()))
+    source = _shot(7, 60, 100, seed=5)
     try:
-        model.generate(source, FPS, PROMPT, seed=2, num_inference_steps=1)
+        with _TransformerCalls(model) as recorded:
+            model.generate(source, PROMPT, seed=2)
     finally:
-        for hook in hooks:
-            hook.remove()
+        hook.remove()
 
-    assert seen["fps"] == float(FPS)
-    reference = seen["reference"]  # (1, 3, frames, height, width) in [-1, 1]
-    assert tuple(reference.shape) == (1, 3, 9, 64, 128)  # 8k+1 frames, multiples of 32
-    pixels = ((reference[0].permute(1, 2, 3, 0) + 1) * 127.5).round().to(torch.uint8).numpy()
+    assert {call["fps"] for call in recorded.calls} == {float(FPS)}
+    full = next(e for e in encoded if e.shape[-2:] == (64, 128))  # stage-2 reference: multiples of 64
+    assert tuple(full.shape) == (1, 3, 9, 64, 128)  # 8k+1 frames
+    pixels = ((full[0].permute(1, 2, 3, 0) + 1) * 127.5).round().to(torch.uint8).numpy()
     top, left = (64 - 60) // 2, (128 - 100) // 2
-    np.testing.assert_array_equal(pixels[:7, top : top + 60, left : left + 100], source)
-    np.testing.assert_array_equal(pixels[7:, top : top + 60, left : left + 100], np.stack([source[-1]] * 2))
-    np.testing.assert_array_equal(pixels[:7, :top, left : left + 100], np.repeat(source[:, :1], top, axis=1))
-    np.testing.assert_array_equal(pixels[:7, top : top + 60, :left], np.repeat(source[:, :, :1], left, axis=2))
+    frames = source.frames
+    np.testing.assert_array_equal(pixels[:7, top : top + 60, left : left + 100], frames)
+    np.testing.assert_array_equal(pixels[7:, top : top + 60, left : left + 100], np.stack([frames[-1]] * 2))
+    np.testing.assert_array_equal(pixels[:7, :top, left : left + 100], np.repeat(frames[:, :1], top, axis=1))
+    np.testing.assert_array_equal(pixels[:7, top : top + 60, :left], np.repeat(frames[:, :, :1], left, axis=2))
+
+
+def test_a_30_second_shot_is_windowed_and_stitched_exactly(model: LipDubModel) -> None:
+    fps = Fraction(24000, 1001)
+    num_frames = 30 * 24  # 30.03 s at 23.976
+    shot = _shot(num_frames, 8, 12, seed=9, fps=fps)
+    windows = model.plan_windows(num_frames)
+    assert len(windows) >= 3
+    with _TransformerCalls(model) as recorded:
+        out = model.generate(shot, PROMPT, seed=4)
+    assert len(recorded.calls) == len(windows) * ((len(STAGE_1_SIGMAS) - 1) + (len(STAGE_2_SIGMAS) - 1))
+    assert out.frames.shape == (num_frames, 8, 12, 3)
+    assert out.audio.shape == (2, round(Fraction(num_frames) / fps * out.sample_rate))
+    # The joins are cross-faded: no frame is left empty and the sound has no gap, but for the causal
+    # audio decoder's few-ms shortfall at the very end of the take.
+    assert (out.frames.reshape(num_frames, -1).std(axis=1) > 0).all()
+    silent = np.flatnonzero(np.abs(out.audio).max(axis=0) == 0)
+    assert silent.size == 0 or silent.min() > out.audio.shape[1] - 0.05 * out.sample_rate
+
+
+def test_crossfade_is_linear_and_keeps_the_ends() -> None:
+    from dubflow.models.lipdub import _crossfade
+
+    out = _crossfade(torch.zeros(3, 1), torch.ones(3, 1))
+    torch.testing.assert_close(out[:, 0], torch.tensor([0.25, 0.5, 0.75]))
 
 
 def test_generate_is_deterministic_per_seed_and_prompt(model: LipDubModel) -> None:
-    source = _frames(9, 60, 100, seed=3)
-    first = model.generate(source, FPS, PROMPT, seed=7, num_inference_steps=2)
-    again = model.generate(source, FPS, PROMPT, seed=7, num_inference_steps=2)
+    shot = _shot(9, 60, 100, seed=3)
+    first = model.generate(shot, PROMPT, seed=7)
+    again = model.generate(shot, PROMPT, seed=7)
     np.testing.assert_array_equal(first.frames, again.frames)
     np.testing.assert_array_equal(first.audio, again.audio)
 
-    other_seed = model.generate(source, FPS, PROMPT, seed=8, num_inference_steps=2)
-    other_prompt = model.generate(source, FPS, build_prompt("a woman", "Spanish", "Hola, ¿qué tal?"), seed=7,
-                                  num_inference_steps=2)
+    other_seed = model.generate(shot, PROMPT, seed=8)
+    other_prompt = model.generate(shot, build_prompt("a woman", "Spanish", "Hola, ¿qué tal?"), seed=7)
     for other in (other_seed, other_prompt):
         assert not np.array_equal(first.frames, other.frames)
         assert not np.array_equal(first.audio, other.audio)
 
 
-def test_generate_with_the_distilled_schedule(model: LipDubModel) -> None:
-    out = model.generate(_frames(9, 60, 100), FPS, PROMPT, seed=1)  # num_inference_steps=None: 8 sigmas
-    assert out.frames.shape == (9, 60, 100, 3)
-    assert model.pipe.scheduler.sigmas.numel() == 9  # the 8 distilled sigmas + the terminal 0
-
-
-def test_generate_rejects_bad_frames(model: LipDubModel) -> None:
+def test_bad_shots_are_refused(model: LipDubModel) -> None:
+    good = _shot(3, 60, 100)
+    for frames in (good.frames.astype(np.float32), good.frames[..., :2]):
+        with pytest.raises(ValueError):
+            model.generate(SourceShot(frames, FPS, good.audio, good.sample_rate), PROMPT, seed=1)
     with pytest.raises(ValueError):
-        model.generate(_frames(3, 60, 100).astype(np.float32), FPS, PROMPT, seed=1)
-    with pytest.raises(ValueError):
-        model.generate(_frames(3, 60, 100)[..., :2], FPS, PROMPT, seed=1)
-    with pytest.raises(ValueError):
-        model.generate(_frames(3, 60, 100), Fraction(0), PROMPT, seed=1)
+        model.generate(SourceShot(good.frames, Fraction(0), good.audio, good.sample_rate), PROMPT, seed=1)
+    with pytest.raises(ValueError, match="mono or stereo"):
+        model.generate(SourceShot(good.frames, FPS, np.zeros((6, 100), np.float32), 48_000), PROMPT, seed=1)
 
 
 def test_reference_downscale_factor_two(smoke_weights: Path, lora_path: Path, tmp_path: Path) -> None:
     lora_x2 = _copy_lora(lora_path, tmp_path / "x2.safetensors", metadata={"reference_downscale_factor": "2"})
     model = LipDubModel.load(smoke_weights, lora_x2)
     assert model.reference_downscale_factor == 2
-    assert model.spatial_multiple() == 64
-    out = model.generate(_frames(7, 60, 100), FPS, PROMPT, seed=1, num_inference_steps=1)
+    assert model.spatial_multiple() == 128
+    with _TransformerCalls(model) as recorded:
+        out = model.generate(_shot(7, 60, 100), PROMPT, seed=1)
     assert out.frames.shape == (7, 60, 100, 3)
+    # The reference is encoded at half the target size: a quarter of the target's tokens.
+    call = recorded.calls[-1]
+    target = int(call["timestep"][0].count_nonzero())
+    assert call["hidden_states"].shape[1] == target + target // 4
+
+
+# --- reuse: one reference encoding and one text batch per shot ----------------------------------------
+
+
+def test_references_and_prompts_are_encoded_once_per_shot(model: LipDubModel) -> None:
+    shot = _shot(9, 60, 100, seed=11)
+    prompts = [build_prompt("a man", name, line) for name, line in
+               (("French", "Bonjour."), ("German", "Guten Tag."), ("Spanish", "Buenos días."))]
+    batches: list[list[str]] = []
+    encode = model.pipe.encode_prompts
+    model.pipe.encode_prompts = lambda texts, *a, **k: batches.append(list(texts)) or encode(texts, *a, **k)
+    before = model.reference_encodings
+    try:
+        takes = []
+        for prompt in prompts:  # as three (shot, language) tasks would, each naming all of the shot's prompts
+            prepared = model.prepare_shot(shot, key="shot-11")
+            model.embed_prompts(prompts)
+            takes.append(model.dub(prepared, prompt, seed=1))
+    finally:
+        del model.pipe.encode_prompts
+    assert model.reference_encodings == before + 1
+    assert batches == [prompts]
+    assert not np.array_equal(takes[0].audio, takes[1].audio)
+    # A cached take is the same take: reuse changes nothing but the time.
+    np.testing.assert_array_equal(takes[0].frames, model.generate(shot, prompts[0], seed=1).frames)
 
 
 # --- residency ---------------------------------------------------------------------------------------
