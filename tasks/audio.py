@@ -39,15 +39,147 @@ def integrated_loudness(audio: np.ndarray, sample_rate: int) -> float | None:
     return None if not math.isfinite(value) else float(value)
 
 
+class LoudnessProfileError(ValueError):
+    """A loudness profile name or custom target that dubflow cannot use."""
+
+
 @dataclass(frozen=True)
 class LoudnessProfile:
+    """A delivery loudness: integrated target, tolerance, true-peak ceiling, and what is measured."""
+
     name: str
     target_lufs: float
     tolerance_lu: float
     max_true_peak_dbtp: float
+    dialogue_gated: bool = False  # measured over the dialogue regions (found in the DX stem), not the whole mix
+
+    @property
+    def measured_on(self) -> str:
+        if self.dialogue_gated:
+            return (f"dialogue regions of the mix, found in the DX stem — {DIALOGUE_GATING_NOTE}")
+        return "full mix, BS.1770-4 gated"
+
+    def describe(self) -> str:
+        return (f"{self.name}: {self.target_lufs:g} LUFS ± {self.tolerance_lu:g} LU, true peak ≤ "
+                f"{self.max_true_peak_dbtp:g} dBTP, measured on the {self.measured_on}")
 
 
+DIALOGUE_GATING_NOTE = (
+    "an approximation of Dolby dialogue gating (Dolby Dialogue Intelligence finds speech in the mix; "
+    "dubflow takes the speech regions from the DX stem it has)"
+)
 EBU_R128 = LoudnessProfile("ebu-r128", -23.0, 0.5, -1.0)
+NETFLIX = LoudnessProfile("netflix", -27.0, 2.0, -2.0, dialogue_gated=True)
+ATSC_A85 = LoudnessProfile("atsc-a85", -24.0, 2.0, -2.0)
+STREAMING = LoudnessProfile("streaming", -16.0, 1.0, -1.0)
+LOUDNESS_PROFILES: dict[str, LoudnessProfile] = {p.name: p for p in (EBU_R128, NETFLIX, ATSC_A85, STREAMING)}
+CUSTOM_SYNTAX = "custom:TARGET_LUFS:TOLERANCE_LU:MAX_TRUE_PEAK_DBTP[:dialogue]"
+
+
+def parse_loudness_profile(text: str) -> LoudnessProfile:
+    """A named profile (`ebu-r128`, `netflix`, `atsc-a85`, `streaming`) or a custom target.
+
+    Custom: ``custom:TARGET_LUFS:TOLERANCE_LU:MAX_TRUE_PEAK_DBTP`` measured on the full mix, e.g.
+    ``custom:-20:1:-1``; add ``:dialogue`` to measure dialogue-gated like `netflix`, e.g.
+    ``custom:-24:2:-2:dialogue``.
+    """
+    text = text.strip()
+    if text in LOUDNESS_PROFILES:
+        return LOUDNESS_PROFILES[text]
+    choices = f"use one of {', '.join(LOUDNESS_PROFILES)} or {CUSTOM_SYNTAX} (e.g. custom:-20:1:-1)"
+    if not text.startswith("custom:"):
+        raise LoudnessProfileError(f"unknown loudness profile {text!r}: {choices}")
+    fields = text.split(":")[1:]
+    gated = len(fields) == 4 and fields[3] == "dialogue"
+    if len(fields) not in (3, 4) or (len(fields) == 4 and not gated):
+        raise LoudnessProfileError(f"loudness profile {text!r} is not {CUSTOM_SYNTAX}")
+    try:
+        target, tolerance, peak = (float(field) for field in fields[:3])
+    except ValueError:
+        raise LoudnessProfileError(f"loudness profile {text!r}: target, tolerance and peak must be numbers ({CUSTOM_SYNTAX})") from None
+    if not -70.0 < target < 0.0:
+        raise LoudnessProfileError(f"loudness profile {text!r}: target {target:g} LUFS must lie between -70 and 0")
+    if not 0.0 < tolerance <= 10.0:
+        raise LoudnessProfileError(f"loudness profile {text!r}: tolerance {tolerance:g} LU must be above 0 and at most 10")
+    if not -20.0 <= peak <= 0.0:
+        raise LoudnessProfileError(f"loudness profile {text!r}: true-peak ceiling {peak:g} dBTP must lie between -20 and 0")
+    return LoudnessProfile(text, target, tolerance, peak, dialogue_gated=gated)
+
+
+# Dialogue activity: 20 ms frames, active within 35 dB of the loudest frame and above -70 dBFS (the
+# BS.1770 absolute gate: what it calls silence is silence here too);
+# gaps under 300 ms (between words) are bridged and blips under 100 ms dropped.
+_ACTIVITY_FRAME_S = 0.02
+_ACTIVITY_RANGE_DB = 35.0
+_ACTIVITY_FLOOR_DBFS = -70.0
+_ACTIVITY_BRIDGE_S = 0.3
+_ACTIVITY_MIN_S = 0.1
+
+
+def dialogue_regions(dialogue: np.ndarray, sample_rate: int) -> list[tuple[int, int]]:
+    """Sample ranges [start, end) where a DX stem carries speech, found from its short-term energy."""
+    frame = max(1, int(round(_ACTIVITY_FRAME_S * sample_rate)))
+    frames = dialogue.shape[-1] // frame + (dialogue.shape[-1] % frame > 0)
+    if frames == 0:
+        return []
+    padded = fit_length(np.asarray(dialogue, dtype=np.float64), frames * frame)
+    power = (padded**2).reshape(padded.shape[0], frames, frame).mean(axis=(0, 2))
+    level = 10 * np.log10(np.maximum(power, 1e-20))
+    threshold = max(_ACTIVITY_FLOOR_DBFS, float(level.max()) - _ACTIVITY_RANGE_DB)
+    runs = _runs(level > threshold)
+    merged: list[list[int]] = []
+    for start, end in runs:
+        if merged and (start - merged[-1][1]) * _ACTIVITY_FRAME_S < _ACTIVITY_BRIDGE_S:
+            merged[-1][1] = end
+        else:
+            merged.append([start, end])
+    return [
+        (start * frame, min(end * frame, dialogue.shape[-1]))
+        for start, end in merged
+        if (end - start) * _ACTIVITY_FRAME_S >= _ACTIVITY_MIN_S
+    ]
+
+
+def _runs(active: np.ndarray) -> list[tuple[int, int]]:
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], active.astype(np.int8), [0]])))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
+
+
+def program_loudness(
+    mix: np.ndarray, sample_rate: int, profile: LoudnessProfile, regions: list[tuple[int, int]] | None = None
+) -> float | None:
+    """Integrated loudness as `profile` measures it, or None when unmeasurable.
+
+    A dialogue-gated profile measures BS.1770-4 over the mix's dialogue `regions` only (from
+    `dialogue_regions` of the DX stem), joined end to end; the others measure the whole mix.
+    """
+    if not profile.dialogue_gated:
+        return integrated_loudness(mix, sample_rate)
+    if regions is None:
+        raise ValueError(f"loudness profile {profile.name} is dialogue-gated: pass the dialogue regions of the DX stem")
+    if not regions:
+        return None
+    return integrated_loudness(np.concatenate([mix[:, start:end] for start, end in regions], axis=1), sample_rate)
+
+
+def mix_to_profile(
+    mix: np.ndarray, sample_rate: int, profile: LoudnessProfile, regions: list[tuple[int, int]] | None = None
+) -> tuple[np.ndarray, float]:
+    """Gain `mix` to the profile's target and limit its true peak to the profile's ceiling.
+
+    The limiter takes a little loudness off the peaks it touches, so the gain is corrected from the
+    limited result and the limiter run again, until the loudness is within a tenth of the tolerance.
+    An unmeasurable mix (too short, silent) gets no gain and is only limited. Returns (mix, gain dB).
+    """
+    measured = program_loudness(mix, sample_rate, profile, regions)
+    gain_db = 0.0 if measured is None else profile.target_lufs - measured
+    for _ in range(10):  # converges geometrically: each pass limits only what the extra gain pushed over
+        limited = limit_true_peak(mix * np.float32(db_to_gain(gain_db)), sample_rate, profile.max_true_peak_dbtp)
+        reached = program_loudness(limited, sample_rate, profile, regions)
+        if reached is None or abs(profile.target_lufs - reached) <= profile.tolerance_lu / 10:
+            break
+        gain_db += profile.target_lufs - reached
+    return limited, gain_db
 
 
 def true_peak_per_sample(audio: np.ndarray, oversample: int = 4) -> np.ndarray:
