@@ -27,9 +27,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--languages", type=_language_list, default=None, help="comma-separated subset, e.g. fr,de")
     run.add_argument("--profile", default="smoke", help="model profile: smoke | ltx-2.3 | ltx-2.3-random (default: smoke)")
     run.add_argument("--run-id", default=None, help="name of the delivery folder (default: UTC timestamp)")
+    _delivery_options(run)
+    run.add_argument("--separator-model", default=None,
+                     help="Demucs model or bag name (default: the profile's, htdemucs on ltx-2.3; $DUBFLOW_DEMUCS_MODEL)")
+    run.add_argument("--separator-repo", type=Path, default=None,
+                     help="local Demucs model folder (.th packages, .yaml bags) to load it from ($DUBFLOW_DEMUCS_REPO)")
+    run.add_argument("--separator-device", default=None,
+                     help="device for separation, e.g. cpu, cuda, cuda:1 (default: the profile's; $DUBFLOW_DEMUCS_DEVICE)")
+    run.add_argument("--separator-shifts", type=_shifts, default=None,
+                     help="time-shifted passes averaged (default 0: one pass; $DUBFLOW_DEMUCS_SHIFTS)")
+
 
     demo = commands.add_parser("demo", help="generate sample shots and localize them on the smoke profile")
     demo.add_argument("--dir", type=Path, default=Path("dubflow-demo"), help="where samples and deliveries go")
+    _delivery_options(demo)
 
     args = parser.parse_args(argv)
     if args.command == "sample":
@@ -45,11 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(summary_table(manifest))
         return 0
     if args.command == "run":
-        return _run(args.manifest, args.out, args.languages, args.profile, args.run_id)
+        separator = {f"separator_{key}": getattr(args, f"separator_{key}") for key in ("model", "repo", "device", "shifts")}
+        return _run(args.manifest, args.out, args.languages, args.profile, args.run_id, **_delivery(args), **separator)
     if args.command == "demo":
         manifest_path = _sample(args.dir / "samples")
         print(f"sample shots in {manifest_path.parent}")
-        return _run(manifest_path, args.dir / "deliveries", None, "smoke", None)
+        return _run(manifest_path, args.dir / "deliveries", None, "smoke", None, **_delivery(args))
     raise AssertionError(args.command)
 
 
@@ -72,10 +84,40 @@ def _sample(directory: Path) -> Path:
     return generate_samples(directory)
 
 
-def _run(manifest: Path, out: Path, languages: list[str] | None, profile: str, run_id: str | None) -> int:
+def _run(manifest: Path, out: Path, languages: list[str] | None, profile: str, run_id: str | None,
+         **options: object) -> int:
     from dubflow.flows.localize import run_localization
 
-    return run_localization(manifest, out, languages=languages, profile_name=profile, run_id=run_id)
+    return run_localization(manifest, out, languages=languages, profile_name=profile, run_id=run_id, **options)
+
+
+def _delivery_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--loudness", type=_loudness, default="ebu-r128",
+                        help="loudness profile: ebu-r128 (default) | netflix | atsc-a85 | streaming | "
+                             "custom:TARGET_LUFS:TOLERANCE_LU:MAX_TRUE_PEAK_DBTP[:dialogue], e.g. custom:-20:1:-1")
+    parser.add_argument("--allow-qc-warnings", action="store_true",
+                        help="deliver pairs whose QC failed, with every failed check recorded in their QC report")
+    parser.add_argument("--prores", action="store_true",
+                        help="also deliver a ProRes 422 HQ + 24-bit PCM MOV mezzanine per pair")
+
+
+def _delivery(args: argparse.Namespace) -> dict[str, object]:
+    return {"loudness": args.loudness, "allow_qc_warnings": args.allow_qc_warnings, "prores": args.prores}
+
+
+def _loudness(text: str) -> str:
+    from dubflow.tasks.audio import LoudnessProfileError, parse_loudness_profile
+
+    try:
+        return parse_loudness_profile(text).name
+    except LoudnessProfileError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _shifts(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of shifts (0 or more)")
+    return int(text)
 
 
 def _language_list(text: str) -> list[str]:

@@ -1,11 +1,12 @@
 """The localization DAG: validate → per shot (separate) → per (shot, language) (lipdub → remix → mux
-→ qc) → publish. Wiring, failure policy and reporting only; every stage's work is in `tasks/`.
+[→ mezzanine] → subtitles → qc) → publish. Wiring, failure policy and reporting only; every stage's
+work is in `tasks/`.
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -18,13 +19,16 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from dubflow.manifests.schema import ManifestError, ManifestRow
 from dubflow.models.profiles import ModelProfile, ProfileError, resolve_profile
+from dubflow.models.separator import SeparatorSpec
+from dubflow.tasks.audio import LoudnessProfile, LoudnessProfileError, parse_loudness_profile
 from dubflow.tasks.files import sha256_file
 from dubflow.tasks.lipdub import lipdub_pair_task
-from dubflow.tasks.mux import mux_pair_task
+from dubflow.tasks.mux import mezzanine_pair_task, mux_pair_task
 from dubflow.tasks.publish import DeliveryFile, PairOutcome, publish_task
 from dubflow.tasks.qc import qc_pair_task
 from dubflow.tasks.remix import remix_pair_task
-from dubflow.tasks.separate import separate_shot_task
+from dubflow.tasks.separate import separate_shot_task, separator_spec
+from dubflow.tasks.subtitles import subtitle_pair_task
 from dubflow.tasks.validate import validate_manifest
 
 EXIT_OK, EXIT_PAIRS_FAILED, EXIT_INVALID_INPUT = 0, 1, 2
@@ -77,17 +81,30 @@ def localize(
     languages: list[str] | None = None,
     profile: str = "smoke",
     run_id: str | None = None,
+    loudness: str = "ebu-r128",
+    allow_qc_warnings: bool = False,
+    prores: bool = False,
+    separator_model: str | None = None,
+    separator_repo: Path | None = None,
+    separator_device: str | None = None,
+    separator_shifts: int | None = None,
 ) -> RunSummary:
+    """`loudness`: a profile name or custom target (see `parse_loudness_profile`); `allow_qc_warnings`
+    delivers pairs whose QC failed with the failures recorded; `prores` adds the ProRes 422 HQ
+    mezzanine; `separator_*` override the model profile's Demucs model, folder, device and shifts."""
+    loudness_profile = parse_loudness_profile(loudness)
     validated = validate_manifest(manifest, languages)
     model_profile = resolve_profile(profile)
+    separator = separator_spec(model_profile, separator_model, separator_repo, separator_device, separator_shifts)
     if model_profile.notice:
         print(model_profile.notice)
+    print(f"loudness profile {loudness_profile.describe()}")
     run_id = run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = Path(out)
     work_dir = out / f".{run_id}.work"
 
     separated = {
-        shot_id: separate_shot_task.submit(shot, model_profile, work_dir) for shot_id, shot in validated.shots.items()
+        shot_id: separate_shot_task.submit(shot, separator, work_dir) for shot_id, shot in validated.shots.items()
     }
     rows_by_shot: dict[str, list[ManifestRow]] = {}
     for row in validated.rows:
@@ -96,15 +113,20 @@ def localize(
     for row in validated.rows:
         shot = validated.shots[row.shot_id]
         take = lipdub_pair_task.submit(shot, row, rows_by_shot[row.shot_id], model_profile, work_dir)
-        remixed = remix_pair_task.submit(take, separated[row.shot_id], shot, work_dir)
-        review = mux_pair_task.submit(take, remixed)
-        qc = qc_pair_task.submit(shot, remixed, review)
-        stages = {"separate": separated[row.shot_id], "lipdub": take, "remix": remixed, "mux": review, "qc": qc}
+        remixed = remix_pair_task.submit(take, separated[row.shot_id], shot, work_dir, separator, loudness_profile)
+        stages = {"separate": separated[row.shot_id], "lipdub": take, "remix": remixed,
+                  "mux": mux_pair_task.submit(take, remixed)}
+        if prores:
+            stages["mezzanine"] = mezzanine_pair_task.submit(take, remixed)
+        stages["subtitles"] = subtitle_pair_task.submit(row, remixed, shot)
+        stages["qc"] = qc_pair_task.submit(shot, separated[row.shot_id], remixed, stages["mux"], stages["subtitles"],
+                                           stages.get("mezzanine"), allow_qc_warnings)
         chains.append(PairChain(row, stages))
     wait([future for chain in chains for future in chain.stages.values()])
 
     outcomes, files = collect(chains)
-    run_dir = publish_task(out, run_id, files, outcomes, run_info(validated.path, model_profile))
+    run_dir = publish_task(out, run_id, files, outcomes,
+                           run_info(validated.path, model_profile, separator, loudness_profile))
     summary = RunSummary(run_dir, tuple(outcomes), model_profile.notice)
     create_table_artifact(
         key="localization-summary",
@@ -142,25 +164,36 @@ def collect(chains: list[PairChain]) -> tuple[list[PairOutcome], list[DeliveryFi
             )
             if reason is None and not chain.stages["qc"].state.is_completed():
                 reason = f"did not finish ({chain.stages['qc'].state.name})"
-            outcomes.append(PairOutcome(row.shot_id, row.language, "failed" if reason else "delivered", reason, seconds))
             if reason:
+                outcomes.append(PairOutcome(row.shot_id, row.language, "failed", reason, seconds))
                 continue
+            qc = chain.stages["qc"].result()
+            warnings = f"delivered with QC warnings allowed: {'; '.join(qc.failures)}" if qc.failures else None
+            outcomes.append(PairOutcome(row.shot_id, row.language, "delivered", warnings, seconds))
             separated = chain.stages["separate"].result()
             remixed = chain.stages["remix"].result()
+            subtitles = chain.stages["subtitles"].result()
             prefix = f"{row.shot_id}/{row.language}/{row.shot_id}_{row.language}"
-            files += [
-                DeliveryFile(chain.stages["mux"].result(), f"{prefix}.mp4", "review_mp4", row.shot_id, row.language),
-                DeliveryFile(remixed.mix, f"{prefix}_mix.wav", "mix", row.shot_id, row.language),
-                DeliveryFile(remixed.dialogue, f"{prefix}_dx.wav", "dx", row.shot_id, row.language),
-                DeliveryFile(chain.stages["qc"].result(), f"{prefix}_qc.json", "qc", row.shot_id, row.language),
+            pair_files = [
+                (chain.stages["mux"].result(), ".mp4", "review_mp4"),
+                (remixed.mix, "_mix.wav", "mix"),
+                (remixed.dialogue, "_dx.wav", "dx"),
+                (subtitles.srt, ".srt", "srt"),
+                (subtitles.vtt, ".vtt", "vtt"),
+                (qc.report, "_qc.json", "qc"),
+                (qc.summary, "_qc.txt", "qc_summary"),
             ]
+            if "mezzanine" in chain.stages:
+                pair_files.append((chain.stages["mezzanine"].result(), ".mov", "mezzanine_mov"))
+            files += [DeliveryFile(source, f"{prefix}{suffix}", role, row.shot_id, row.language)
+                      for source, suffix, role in pair_files]
             if row.shot_id not in shared_beds:
                 shared_beds.add(row.shot_id)
                 files.append(DeliveryFile(separated.bed, f"{row.shot_id}/{row.shot_id}_me.wav", "me", row.shot_id, None))
     return outcomes, files
 
 
-def run_info(manifest_path: Path, profile: ModelProfile) -> dict:
+def run_info(manifest_path: Path, profile: ModelProfile, separator: SeparatorSpec, loudness: LoudnessProfile) -> dict:
     """What the delivery manifest records about how it was made (never credentials)."""
     versions = {}
     for package in VERSIONED_PACKAGES:
@@ -177,24 +210,34 @@ def run_info(manifest_path: Path, profile: ModelProfile) -> dict:
             "lipdub_base": profile.lipdub_weights.name if profile.lipdub_weights else "ltx-2.3 architecture, random",
             "lipdub_lora": profile.lipdub_lora.name if profile.lipdub_lora else "random",
             "lipdub_lora_sha256": sha256_file(profile.lipdub_lora) if profile.lipdub_lora else None,
-            "separator": profile.separator_name,
+            "separator": separator.model_name,
+            "separator_folder": separator.repo.name if separator.repo else None,
+            "separator_device": separator.device,
+            "separator_shifts": separator.shifts,
         },
+        "loudness": {**asdict(loudness), "measured_on": loudness.measured_on},
         "versions": versions,
     }
 
 
 def run_localization(
-    manifest: Path, out: Path, languages: list[str] | None = None, profile_name: str = "smoke", run_id: str | None = None
+    manifest: Path,
+    out: Path,
+    languages: list[str] | None = None,
+    profile_name: str = "smoke",
+    run_id: str | None = None,
+    **options: object,
 ) -> int:
-    """Run the flow and map its end to the CLI's exit codes: 0 delivered, 1 pairs failed, 2 bad input."""
-    state = localize(manifest, out, languages, profile_name, run_id, return_state=True)
+    """Run the flow and map its end to the CLI's exit codes: 0 delivered, 1 pairs failed, 2 bad input.
+    `options` are the flow's other parameters (loudness, allow_qc_warnings, prores, separator_*)."""
+    state = localize(manifest, out, languages, profile_name, run_id, **options, return_state=True)
     result = state.result(raise_on_failure=False)
     if state.is_completed():
         return EXIT_OK
     if isinstance(result, PairsFailedError):
         print(result.summary.report(), file=sys.stderr)
         return EXIT_PAIRS_FAILED
-    if isinstance(result, (ManifestError, ProfileError)):
+    if isinstance(result, (ManifestError, ProfileError, LoudnessProfileError)):
         print(result, file=sys.stderr)
         return EXIT_INVALID_INPUT
     print(f"run failed: {result}", file=sys.stderr)

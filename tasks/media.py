@@ -143,6 +143,14 @@ def read_audio(path: Path, stream_index: int = 0) -> tuple[np.ndarray, int]:
         return np.concatenate(chunks, axis=1).astype(np.float32, copy=False), stream.rate
 
 
+def read_track(path: Path, stream_index: int = 0) -> AudioTrack:
+    """One audio stream as an `AudioTrack`: its samples, rate and channel layout."""
+    samples, rate = read_audio(path, stream_index)
+    with av.open(str(path)) as container:
+        layout = container.streams.audio[stream_index].layout.name
+    return AudioTrack(samples, rate, layout)
+
+
 def audio_layout_name(channels: int) -> str:
     """FFmpeg's default layout for a channel count (mono, stereo, 5.1 …)."""
     names = {1: "mono", 2: "stereo", 6: "5.1", 8: "7.1"}

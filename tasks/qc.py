@@ -1,13 +1,26 @@
 """Stage 5, per (shot, language): measure the deliverables against the delivery spec.
 
-Every check carries the measured value, so a failure says what was found, not only that it failed.
+Every check of delivery-spec.md, each with the value measured on the files as written, so a failure
+says what was found, not only that it failed:
+
+- picture (review MP4, mezzanine MOV): frame count and exact frame rate of the source; audio as
+  long as the picture (±1 ms); A/V offset 0 ± 1 ms, measured by cross-correlating the file's audio,
+  placed on the picture's timeline, with the mix WAV; the mezzanine is ProRes 422 HQ + 24-bit PCM
+- mix, new DX and M&E WAVs: 48 kHz, 24-bit, the source's channel count, picture duration ±1 ms,
+  no digital clipping
+- loudness within the profile's tolerance (as the profile measures it) and true peak (4×
+  oversampled) at or under its ceiling
+- the new DX is not silent (the script has a line)
+- the original DX + M&E give back the source soundtrack (separation lost nothing)
+- SRT and WebVTT cues lie inside the shot
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -15,12 +28,28 @@ import av
 import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from scipy import signal
 
-from dubflow.tasks.audio import EBU_R128, LoudnessProfile, integrated_loudness, true_peak_dbtp
+from dubflow.models.separator import resample_to_delivery
+from dubflow.tasks.audio import (
+    EBU_R128,
+    LoudnessProfile,
+    dialogue_regions,
+    program_loudness,
+    true_peak_dbtp,
+)
 from dubflow.tasks.files import atomic_write_bytes
-from dubflow.tasks.media import DELIVERY_SAMPLE_RATE, probe, read_audio
+from dubflow.tasks.media import DELIVERY_SAMPLE_RATE, PCM24_MAX, probe, read_audio
 from dubflow.tasks.remix import RemixedPair
+from dubflow.tasks.separate import SeparatedShot
+from dubflow.tasks.subtitles import SubtitleFiles, read_cue_times
 from dubflow.tasks.validate import Shot
+
+DURATION_TOLERANCE_MS = 1.0
+AV_OFFSET_TOLERANCE_MS = 1.0
+_AV_SEARCH_MS = 250.0  # beyond ITU-R BT.1359's +45/−125 ms detectability either way
+_AV_WINDOW_S = 10.0  # the opening seconds are enough to find an offset
+_FULL_SCALE = 1.0 - 2.0**-23  # the largest positive 24-bit sample
 
 
 @dataclass(frozen=True)
@@ -32,88 +61,258 @@ class Check:
 
 
 @dataclass(frozen=True)
+class PairDeliverables:
+    """The files of one (shot, language) that QC measures."""
+
+    review_copy: Path
+    mix: Path
+    dialogue: Path  # the new DX
+    bed: Path  # the shot's shared M&E
+    original_dialogue: Path  # the source's DX: with `bed` it must give back the source soundtrack
+    subtitles: SubtitleFiles
+    mezzanine: Path | None = None
+
+
+@dataclass(frozen=True)
 class QCReport:
     shot_id: str
     language: str
+    profile: LoudnessProfile
     checks: tuple[Check, ...]
+    allow_warnings: bool = False
+    levels: Mapping[str, float | None] = field(default_factory=dict)  # gains applied on the way (dB, LUFS)
 
     @property
     def passed(self) -> bool:
         return all(check.passed for check in self.checks)
 
+    @property
+    def status(self) -> str:
+        if self.passed:
+            return "passed"
+        return "failed, delivered with QC warnings allowed" if self.allow_warnings else "failed"
+
     def failures(self) -> list[Check]:
         return [check for check in self.checks if not check.passed]
 
     def to_json(self) -> str:
-        return json.dumps({"shot_id": self.shot_id, "language": self.language, "passed": self.passed,
-                           "checks": [asdict(check) for check in self.checks]}, indent=2, ensure_ascii=False)
+        return json.dumps(
+            {
+                "shot_id": self.shot_id,
+                "language": self.language,
+                "passed": self.passed,
+                "status": self.status,
+                "allow_warnings": self.allow_warnings,
+                "loudness_profile": {**asdict(self.profile), "measured_on": self.profile.measured_on},
+                "levels": dict(self.levels),
+                "checks": [asdict(check) for check in self.checks],
+            },
+            indent=2,
+            ensure_ascii=False,
+        )
+
+    def summary(self) -> str:
+        failed = len(self.failures())
+        verdict = "PASSED" if self.passed else f"FAILED ({failed} of {len(self.checks)} checks)"
+        if not self.passed and self.allow_warnings:
+            verdict += ", delivered anyway: QC warnings allowed"
+        width = max(len(check.name) for check in self.checks)
+        lines = [
+            f"QC {self.shot_id} {self.language}: {verdict}",
+            f"loudness profile {self.profile.describe()}",
+            *(f"{name}: {value:+.2f}" if value is not None else f"{name}: unmeasurable"
+              for name, value in self.levels.items()),
+            "",
+        ]
+        for check in sorted(self.checks, key=lambda c: c.passed):  # failures first, otherwise in order
+            lines.append(f"{'PASS' if check.passed else 'FAIL'}  {check.name:<{width}}  {check.measured}"
+                         f"  (expected {check.expected})")
+        return "\n".join(lines) + "\n"
 
 
 def check_wav(name: str, path: Path, channels: int, duration: Fraction) -> list[Check]:
+    """Format, channel count, duration and clipping of one delivered WAV."""
     with av.open(str(path)) as container:
         stream = container.streams.audio[0]
         codec, rate, found_channels = stream.codec_context.name, stream.rate, stream.channels
     samples, _ = read_audio(path)
     seconds = samples.shape[1] / rate
     drift_ms = abs(seconds - float(duration)) * 1000
-    full_scale = int(np.count_nonzero(np.abs(samples) >= 1.0 - 2.0**-23))
+    full_scale = int(np.count_nonzero(np.abs(samples) >= _FULL_SCALE))
     return [
         Check(f"{name} sample rate", rate == DELIVERY_SAMPLE_RATE, f"{rate} Hz", f"{DELIVERY_SAMPLE_RATE} Hz"),
         Check(f"{name} bit depth", codec == "pcm_s24le", codec, "pcm_s24le (24-bit)"),
         Check(f"{name} channels", found_channels == channels, str(found_channels), str(channels)),
-        Check(f"{name} duration", drift_ms <= 1.0, f"{seconds:.6f} s ({drift_ms:.3f} ms off)", f"{float(duration):.6f} s ± 1 ms"),
+        Check(f"{name} duration", drift_ms <= DURATION_TOLERANCE_MS, f"{seconds:.6f} s ({drift_ms:.3f} ms off)",
+              f"{float(duration):.6f} s ± {DURATION_TOLERANCE_MS:g} ms"),
         Check(f"{name} clipping", full_scale == 0, f"{full_scale} samples at full scale", "0"),
     ]
 
 
-def qc_pair(
-    shot_id: str,
-    language: str,
-    source_frames: int,
-    source_fps: Fraction,
-    source_channels: int,
-    review_copy: Path,
-    mix: Path,
-    dialogue: Path,
-    profile: LoudnessProfile = EBU_R128,
-) -> QCReport:
-    picture = probe(review_copy)
-    duration = Fraction(source_frames) / source_fps
+def check_picture(name: str, path: Path, source_frames: int, source_fps: Fraction, mix: Path) -> list[Check]:
+    """Frame count and rate against the source, audio length against the picture, and A/V offset."""
+    picture = probe(path)
+    picture_s = picture.frame_count / picture.fps
+    audio_s, offset_ms = _audio_on_picture_timeline(path, mix)
+    drift_ms = float(abs(audio_s - picture_s) * 1000)
     checks = [
-        Check("picture frame count", picture.frame_count == source_frames, str(picture.frame_count), str(source_frames)),
-        Check("picture frame rate", picture.fps == source_fps, str(picture.fps), str(source_fps)),
+        Check(f"{name} frame count", picture.frame_count == source_frames, str(picture.frame_count), str(source_frames)),
+        Check(f"{name} frame rate", picture.fps == source_fps, str(picture.fps), f"{source_fps} exactly"),
+        Check(f"{name} audio duration", drift_ms <= DURATION_TOLERANCE_MS,
+              f"audio {float(audio_s):.6f} s, picture {float(picture_s):.6f} s ({drift_ms:.3f} ms apart)",
+              f"audio as long as the picture ± {DURATION_TOLERANCE_MS:g} ms"),
     ]
-    checks += check_wav("mix", mix, source_channels, duration)
-    checks += check_wav("dialogue", dialogue, source_channels, duration)
-
-    mix_audio, rate = read_audio(mix)
-    loudness = integrated_loudness(mix_audio, rate)
-    if loudness is None:
-        checks.append(Check(f"loudness ({profile.name})", True, "unmeasurable (under 400 ms gated)", "reported, not judged"))
+    if offset_ms is None:
+        checks.append(Check(f"{name} A/V offset", False, "unmeasurable: the mix is silent", "0 ± 1 ms"))
     else:
-        checks.append(
-            Check(
-                f"loudness ({profile.name})",
-                abs(loudness - profile.target_lufs) <= profile.tolerance_lu,
-                f"{loudness:.2f} LUFS",
-                f"{profile.target_lufs} ± {profile.tolerance_lu} LU",
-            )
-        )
-    peak = true_peak_dbtp(mix_audio)
-    checks.append(
-        Check("true peak", peak <= profile.max_true_peak_dbtp, f"{peak:.2f} dBTP" if math.isfinite(peak) else "silent",
-              f"≤ {profile.max_true_peak_dbtp} dBTP")
-    )
-    dialogue_audio, _ = read_audio(dialogue)
-    checks.append(
-        Check("dialogue present", bool(np.abs(dialogue_audio).max(initial=0.0) > 0), 
-              f"peak {np.abs(dialogue_audio).max(initial=0.0):.4f}", "not silent: the script has a line")
-    )
-    return QCReport(shot_id, language, tuple(checks))
+        checks.append(Check(f"{name} A/V offset", abs(offset_ms) <= AV_OFFSET_TOLERANCE_MS,
+                            f"{offset_ms:+.2f} ms (audio {'late' if offset_ms > 0 else 'early'})" if offset_ms else "0.00 ms",
+                            f"0 ± {AV_OFFSET_TOLERANCE_MS:g} ms"))
+    return checks
 
 
-def write_qc_report(report: QCReport, directory: Path) -> Path:
-    return atomic_write_bytes(Path(directory) / f"{report.shot_id}_{report.language}_qc.json", report.to_json().encode())
+def _audio_on_picture_timeline(path: Path, mix: Path) -> tuple[Fraction, float | None]:
+    """(duration of the file's audio, its offset in ms against the mix placed at frame 0).
+
+    The offset adds the audio stream's start against the picture's to the lag at which the decoded
+    audio best matches the mix WAV; positive means the audio plays late. None when the mix is silent.
+    """
+    with av.open(str(path)) as container:
+        video, audio = container.streams.video[0], container.streams.audio[0]
+        start_gap = (Fraction(audio.start_time or 0) * audio.time_base
+                     - Fraction(video.start_time or 0) * video.time_base)
+        declared = Fraction(audio.duration) * audio.time_base if audio.duration else None
+    decoded, rate = read_audio(path)
+    duration = declared if declared is not None else Fraction(decoded.shape[1], rate)
+    reference, reference_rate = read_audio(mix)
+    window = int(_AV_WINDOW_S * DELIVERY_SAMPLE_RATE)
+    decoded = resample_to_delivery(decoded[:, :int(_AV_WINDOW_S * rate) + 1], rate)[:, :window]
+    reference = resample_to_delivery(reference[:, :int(_AV_WINDOW_S * reference_rate) + 1], reference_rate)[:, :window]
+    channels = min(decoded.shape[0], reference.shape[0])
+    if not np.any(reference[:channels]):
+        return duration, None
+    search = int(_AV_SEARCH_MS / 1000 * DELIVERY_SAMPLE_RATE)
+    correlation = sum(
+        signal.correlate(decoded[c].astype(np.float64), reference[c].astype(np.float64), mode="full", method="fft")
+        for c in range(channels)
+    )
+    zero = reference.shape[1] - 1  # index of lag 0 in the full correlation
+    lags = np.arange(-search, search + 1)
+    valid = (zero + lags >= 0) & (zero + lags < correlation.shape[0])
+    lags = lags[valid]
+    lag = int(lags[np.argmax(correlation[zero + lags])])
+    return duration, float(start_gap * 1000) + lag * 1000 / DELIVERY_SAMPLE_RATE
+
+
+def check_mezzanine_format(path: Path) -> list[Check]:
+    with av.open(str(path)) as container:
+        video, audio = container.streams.video[0], container.streams.audio[0]
+        video_codec = f"{video.codec_context.name} {video.codec_context.profile or ''}".strip()
+        audio_codec = audio.codec_context.name
+    return [
+        Check("mezzanine picture codec", video_codec == "prores HQ", video_codec, "prores HQ (ProRes 422 HQ)"),
+        Check("mezzanine audio codec", audio_codec == "pcm_s24le", audio_codec, "pcm_s24le (24-bit PCM)"),
+    ]
+
+
+def check_loudness(mix: np.ndarray, rate: int, dialogue: np.ndarray, dialogue_rate: int,
+                   profile: LoudnessProfile) -> list[Check]:
+    regions = None
+    if profile.dialogue_gated:
+        # Found on the DX; scaled in case the mix is (wrongly) at another rate, so it is still measured.
+        regions = [(start * rate // dialogue_rate, end * rate // dialogue_rate)
+                   for start, end in dialogue_regions(dialogue, dialogue_rate)]
+    loudness = program_loudness(mix, rate, profile, regions)
+    name = f"loudness ({profile.name}{', dialogue-gated approximation' if profile.dialogue_gated else ''})"
+    if loudness is None:
+        checks = [Check(name, True, "unmeasurable (under 400 ms of gated audio)", "reported, not judged")]
+    else:
+        checks = [Check(name, abs(loudness - profile.target_lufs) <= profile.tolerance_lu, f"{loudness:.2f} LUFS",
+                        f"{profile.target_lufs:g} ± {profile.tolerance_lu:g} LU")]
+    peak = true_peak_dbtp(mix)
+    checks.append(Check("mix true peak", peak <= profile.max_true_peak_dbtp,
+                        f"{peak:.2f} dBTP" if math.isfinite(peak) else "silent",
+                        f"≤ {profile.max_true_peak_dbtp:g} dBTP (4× oversampled)"))
+    return checks
+
+
+def check_dialogue_present(dialogue: np.ndarray, rate: int) -> Check:
+    peak = float(np.abs(dialogue).max(initial=0.0))
+    speech_s = sum(end - start for start, end in dialogue_regions(dialogue, rate)) / rate
+    peak_text = f"peak {20 * math.log10(peak):.1f} dBFS" if peak > 0 else "silent (peak -inf dBFS)"
+    return Check("dialogue present", speech_s > 0, f"{speech_s:.2f} s of dialogue, {peak_text}",
+                 "dialogue in the DX stem: the script has a line")
+
+
+def check_separation(source: Path, original_dialogue: Path, bed: Path) -> Check:
+    """The shot's original DX + M&E against its soundtrack at 48 kHz, in 24-bit steps (LSB)."""
+    audio, rate = read_audio(source)
+    mix48 = resample_to_delivery(audio, rate)
+    dialogue, _ = read_audio(original_dialogue)
+    me, _ = read_audio(bed)
+    name, expected = "dialogue + bed reproduce the original mix", "≤ 1 LSB (24-bit)"
+    if not dialogue.shape == me.shape == mix48.shape:
+        return Check(name, False, f"shapes differ: DX {dialogue.shape}, M&E {me.shape}, source {mix48.shape}", expected)
+    error = float(np.abs(dialogue.astype(np.float64) + me - mix48).max(initial=0.0)) * PCM24_MAX
+    return Check(name, error <= 1.0, f"largest difference {error:.2f} LSB", expected)
+
+
+def check_subtitles(subtitles: SubtitleFiles, duration: Fraction) -> list[Check]:
+    shot_ms = math.floor(duration * 1000)
+    checks = []
+    for kind, path in (("SRT", subtitles.srt), ("WebVTT", subtitles.vtt)):
+        times = read_cue_times(path)
+        inside = bool(times) and all(0 <= start < end <= shot_ms for start, end in times)
+        measured = (f"{len(times)} cue(s), {min(s for s, _ in times)}–{max(e for _, e in times)} ms"
+                    if times else "no cues")
+        checks.append(Check(f"{kind} subtitles inside the shot", inside, measured, f"cues within 0–{shot_ms} ms"))
+    return checks
+
+
+def qc_pair(
+    shot: Shot,
+    language: str,
+    files: PairDeliverables,
+    profile: LoudnessProfile = EBU_R128,
+    allow_warnings: bool = False,
+    levels: Mapping[str, float | None] | None = None,
+) -> QCReport:
+    frames, fps = shot.media.frame_count, shot.media.fps
+    duration = Fraction(frames) / fps
+    channels = shot.media.audio[0].channels
+    checks = check_picture("review copy", files.review_copy, frames, fps, files.mix)
+    if files.mezzanine is not None:
+        checks += check_picture("mezzanine", files.mezzanine, frames, fps, files.mix)
+        checks += check_mezzanine_format(files.mezzanine)
+    for name, path in (("mix", files.mix), ("dialogue", files.dialogue), ("M&E", files.bed)):
+        checks += check_wav(name, path, channels, duration)
+    mix, mix_rate = read_audio(files.mix)
+    dialogue, dialogue_rate = read_audio(files.dialogue)
+    checks += check_loudness(mix, mix_rate, dialogue, dialogue_rate, profile)
+    checks.append(check_dialogue_present(dialogue, dialogue_rate))
+    checks.append(check_separation(shot.source, files.original_dialogue, files.bed))
+    checks += check_subtitles(files.subtitles, duration)
+    return QCReport(shot.shot_id, language, profile, tuple(checks), allow_warnings, dict(levels or {}))
+
+
+@dataclass(frozen=True)
+class QCResult:
+    report: Path  # <shot>_<lang>_qc.json
+    summary: Path  # <shot>_<lang>_qc.txt
+    failures: tuple[str, ...]  # failed checks, recorded when warnings are allowed
+
+
+def write_qc_report(report: QCReport, directory: Path) -> QCResult:
+    prefix = Path(directory) / f"{report.shot_id}_{report.language}_qc"
+    return QCResult(
+        report=atomic_write_bytes(prefix.with_suffix(".json"), report.to_json().encode("utf-8")),
+        summary=atomic_write_bytes(prefix.with_suffix(".txt"), report.summary().encode("utf-8")),
+        failures=tuple(_describe(check) for check in report.failures()),
+    )
+
+
+def _describe(check: Check) -> str:
+    return f"{check.name} = {check.measured} (expected {check.expected})"
 
 
 class QCFailedError(Exception):
@@ -121,14 +320,26 @@ class QCFailedError(Exception):
 
 
 @task(name="qc", cache_policy=NO_CACHE, task_run_name="qc {remixed.shot_id} {remixed.language}")
-def qc_pair_task(shot: Shot, remixed: RemixedPair, review_copy: Path) -> Path:
-    """Write the QC report beside the pair's files; fail the pair when any check fails."""
-    channels = shot.media.audio[0].channels
-    report = qc_pair(shot.shot_id, remixed.language, shot.media.frame_count, shot.media.fps, channels,
-                     review_copy, remixed.mix, remixed.dialogue)
-    path = write_qc_report(report, Path(review_copy).parent)
-    if not report.passed:
-        raise QCFailedError(
-            "QC failed: " + "; ".join(f"{c.name} = {c.measured} (expected {c.expected})" for c in report.failures())
-        )
-    return path
+def qc_pair_task(
+    shot: Shot,
+    separated: SeparatedShot,
+    remixed: RemixedPair,
+    review_copy: Path,
+    subtitles: SubtitleFiles,
+    mezzanine: Path | None,
+    allow_warnings: bool,
+) -> QCResult:
+    """Write the QC report and summary beside the pair's files; fail the pair when a check fails,
+    unless warnings are allowed (then the failures are recorded and the pair is delivered)."""
+    files = PairDeliverables(review_copy, remixed.mix, remixed.dialogue, separated.bed, separated.dialogue,
+                             subtitles, mezzanine)
+    levels = {
+        "original dialogue loudness (LUFS)": remixed.original_dialogue_lufs,
+        "new dialogue gain (dB)": remixed.dialogue_gain_db,
+        "mix gain (dB)": remixed.mix_gain_db,
+    }
+    report = qc_pair(shot, remixed.language, files, remixed.loudness, allow_warnings, levels)
+    result = write_qc_report(report, Path(review_copy).parent)
+    if not report.passed and not allow_warnings:
+        raise QCFailedError(f"QC failed ({result.summary.name}): " + "; ".join(result.failures))
+    return result

@@ -1,4 +1,11 @@
-"""Stage 3, per (shot, language): new dialogue, level-matched to the original, over the shared bed."""
+"""Stage 3, per (shot, language): new dialogue, level-matched to the original, over the shared bed.
+
+LipDub's generated audio may carry regenerated ambience besides the new line, so its dialogue is
+isolated with the run's separator first: the bed comes from the source, never from the generator.
+The new dialogue then gets the loudness of the shot's original dialogue stem, so the original
+dialogue/bed balance survives, and the sum goes to the delivery loudness profile through a
+true-peak limiter, exactly as long as the picture.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +17,28 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from dubflow.models.separator import resample_to_delivery
+from dubflow.models.separator import SeparatorSpec
 from dubflow.tasks.audio import (
     EBU_R128,
     LoudnessProfile,
     db_to_gain,
+    dialogue_regions,
     fit_length,
     integrated_loudness,
-    limit_true_peak,
+    mix_to_profile,
     picture_samples,
+    program_loudness,
 )
 from dubflow.tasks.lipdub import DubbedTake
-from dubflow.tasks.media import DELIVERY_SAMPLE_RATE, AudioTrack, PCM24_MAX, quantize_pcm24, read_audio, write_wav
+from dubflow.tasks.media import (
+    DELIVERY_SAMPLE_RATE,
+    PCM24_MAX,
+    AudioTrack,
+    audio_layout_name,
+    quantize_pcm24,
+    read_audio,
+    write_wav,
+)
 from dubflow.tasks.separate import SeparatedShot
 from dubflow.tasks.validate import Shot
 
@@ -30,15 +47,18 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", RuntimeWarning)
     from pydub import AudioSegment
 
+
 @dataclass(frozen=True)
 class RemixedPair:
     shot_id: str
     language: str
     mix: Path
-    dialogue: Path
-    dialogue_gain_db: float  # applied to the new dialogue to match the original dialogue's loudness
+    dialogue: Path  # the new dialogue as it sits in the mix before the mix gain: mix = (DX + M&E) × gain, limited
+    loudness: LoudnessProfile
+    original_dialogue_lufs: float | None  # what the new dialogue was matched to (None: unmeasurable, no gain)
+    dialogue_gain_db: float  # applied to the isolated new dialogue to match the original dialogue's loudness
     mix_gain_db: float  # applied to dialogue + bed to reach the loudness target
-    mix_lufs: float | None
+    mix_lufs: float | None  # as the profile measures it, after the limiter
 
 
 def place_dialogue(new_dialogue: np.ndarray, channels: int, dialogue_channels: tuple[int, ...]) -> np.ndarray:
@@ -74,21 +94,22 @@ def remix_pair(
     separated: SeparatedShot,
     shot: Shot,
     work_dir: Path,
+    separator: SeparatorSpec,
     loudness: LoudnessProfile = EBU_R128,
 ) -> RemixedPair:
     samples = picture_samples(shot.media.frame_count, shot.media.fps, DELIVERY_SAMPLE_RATE)
     generated, rate = read_audio(take.audio)
-    generated = fit_length(resample_to_delivery(generated, rate), samples)
+    speech = separator.resident().separate(generated, rate, audio_layout_name(generated.shape[0])).dialogue
     bed, _ = read_audio(separated.bed)
-    original_dialogue, _ = read_audio(separated.dialogue)
     bed = fit_length(bed, samples)
-    dialogue = place_dialogue(generated, bed.shape[0], separated.dialogue_channels)
+    dialogue = place_dialogue(fit_length(speech, samples), bed.shape[0], separated.dialogue_channels)
 
-    dialogue_gain_db = _gain_to_match(dialogue, integrated_loudness(fit_length(original_dialogue, samples), DELIVERY_SAMPLE_RATE))
+    original_dialogue, _ = read_audio(separated.dialogue)
+    original_lufs = integrated_loudness(fit_length(original_dialogue, samples), DELIVERY_SAMPLE_RATE)
+    dialogue_gain_db = _gain_to_match(dialogue, original_lufs)
     dialogue = dialogue * np.float32(db_to_gain(dialogue_gain_db))
-    mix = overlay(dialogue, bed)
-    mix_gain_db = _gain_to_match(mix, loudness.target_lufs)
-    mix = limit_true_peak(mix * np.float32(db_to_gain(mix_gain_db)), DELIVERY_SAMPLE_RATE, loudness.max_true_peak_dbtp)
+    regions = dialogue_regions(dialogue, DELIVERY_SAMPLE_RATE) if loudness.dialogue_gated else None
+    mix, mix_gain_db = mix_to_profile(overlay(dialogue, bed), DELIVERY_SAMPLE_RATE, loudness, regions)
 
     pair_dir = Path(work_dir) / take.shot_id / take.language
     pair_dir.mkdir(parents=True, exist_ok=True)
@@ -98,9 +119,11 @@ def remix_pair(
         language=take.language,
         mix=write_wav(pair_dir / f"{prefix}_mix.wav", AudioTrack(mix, DELIVERY_SAMPLE_RATE, separated.layout)),
         dialogue=write_wav(pair_dir / f"{prefix}_dx.wav", AudioTrack(dialogue, DELIVERY_SAMPLE_RATE, separated.layout)),
+        loudness=loudness,
+        original_dialogue_lufs=original_lufs,
         dialogue_gain_db=dialogue_gain_db,
         mix_gain_db=mix_gain_db,
-        mix_lufs=integrated_loudness(mix, DELIVERY_SAMPLE_RATE),
+        mix_lufs=program_loudness(mix, DELIVERY_SAMPLE_RATE, loudness, regions),
     )
 
 
@@ -113,5 +136,8 @@ def _gain_to_match(audio: np.ndarray, target_lufs: float | None) -> float:
 
 
 @task(name="remix", cache_policy=NO_CACHE, task_run_name="remix {take.shot_id} {take.language}")
-def remix_pair_task(take: DubbedTake, separated: SeparatedShot, shot: Shot, work_dir: Path) -> RemixedPair:
-    return remix_pair(take, separated, shot, work_dir)
+def remix_pair_task(
+    take: DubbedTake, separated: SeparatedShot, shot: Shot, work_dir: Path, separator: SeparatorSpec,
+    loudness: LoudnessProfile,
+) -> RemixedPair:
+    return remix_pair(take, separated, shot, work_dir, separator, loudness)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from dubflow.models.profiles import ModelProfile
-from dubflow.models.separator import get_resident_separator
+from dubflow.models.profiles import ModelProfile, ProfileError
+from dubflow.models.separator import SeparatorSpec
 from dubflow.tasks.media import (
     DELIVERY_SAMPLE_RATE,
     PCM24_MAX,
@@ -20,6 +21,42 @@ from dubflow.tasks.media import (
     write_wav,
 )
 from dubflow.tasks.validate import Shot
+
+
+SHIFTS_ENV = "DUBFLOW_DEMUCS_SHIFTS"
+DEVICE_ENV = "DUBFLOW_DEMUCS_DEVICE"
+
+
+def separator_spec(
+    profile: ModelProfile,
+    model: str | None = None,
+    repo: Path | None = None,
+    device: str | None = None,
+    shifts: int | None = None,
+) -> SeparatorSpec:
+    """The run's separator: the profile's Demucs model on the profile's device with shifts=0, each
+    overridden by what the run asks; `$DUBFLOW_DEMUCS_SHIFTS` and `$DUBFLOW_DEMUCS_DEVICE` fill in
+    what it leaves unset.
+
+    A model named without a repo is looked up in the profile's model folder on a real-weights
+    profile, and in Demucs' hub cache on the smoke profile (whose folder holds only the smoke model).
+    """
+    if repo is None and (model is None or not profile.random_weights):
+        repo = profile.separator_repo
+    if shifts is None:
+        raw = os.environ.get(SHIFTS_ENV, "0")
+        try:
+            shifts = int(raw)
+        except ValueError:
+            raise ProfileError(f"{SHIFTS_ENV}={raw!r} is not a whole number; set it to 0 (default) or more") from None
+    if shifts < 0:
+        raise ProfileError(f"separator shifts must be 0 or more, got {shifts}")
+    return SeparatorSpec(
+        model_name=model or profile.separator_name,
+        repo=Path(repo) if repo is not None else None,
+        device=device or os.environ.get(DEVICE_ENV) or profile.device,
+        shifts=shifts,
+    )
 
 
 class NoAudioTrackError(MediaError):
@@ -44,12 +81,11 @@ def require_audio_track(shot: Shot) -> None:
         )
 
 
-def separate_shot(shot: Shot, profile: ModelProfile, work_dir: Path) -> SeparatedShot:
+def separate_shot(shot: Shot, separator: SeparatorSpec, work_dir: Path) -> SeparatedShot:
     require_audio_track(shot)
     audio, rate = read_audio(shot.source)
     layout = shot.media.audio[0].layout
-    separator = get_resident_separator(profile.separator_name, profile.separator_repo, profile.device)
-    stems = separator.separate(audio, rate, layout)
+    stems = separator.resident().separate(audio, rate, layout)
     # Computed on the 24-bit grid the files hold, so that on disk dialogue + bed == mix exactly.
     mix = quantize_pcm24(stems.dialogue + stems.bed)
     dialogue = quantize_pcm24(stems.dialogue)
@@ -67,5 +103,5 @@ def separate_shot(shot: Shot, profile: ModelProfile, work_dir: Path) -> Separate
 
 
 @task(name="separate", cache_policy=NO_CACHE, task_run_name="separate {shot.shot_id}")
-def separate_shot_task(shot: Shot, profile: ModelProfile, work_dir: Path) -> SeparatedShot:
-    return separate_shot(shot, profile, work_dir)
+def separate_shot_task(shot: Shot, separator: SeparatorSpec, work_dir: Path) -> SeparatedShot:
+    return separate_shot(shot, separator, work_dir)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 import pandas as pd
+import pyloudnorm
 import pytest
+import srt
+import webvtt
+from scipy import signal
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.testing.utilities import prefect_test_harness
@@ -18,7 +23,7 @@ from dubflow.flows.cli import main
 from dubflow.flows.localize import PairsFailedError, localize
 from dubflow.manifests.schema import ManifestError
 from dubflow.tasks.files import sha256_file
-from dubflow.tasks.media import probe, write_video
+from dubflow.tasks.media import probe, read_audio, write_video
 
 SILENT_SHOT = "sc09_silent"
 
@@ -48,8 +53,13 @@ def run_manifest(samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.fixture(scope="module")
 def flow_run(prefect_server, run_manifest: Path, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("out")
-    state = localize(run_manifest, out, run_id="run1", return_state=True)
+    state = localize(run_manifest, out, run_id="run1", prores=True, return_state=True)
     return state, out / "run1"
+
+
+def _delivered(run_dir: Path) -> list[tuple[str, str]]:
+    delivery = json.loads((run_dir / "delivery.json").read_text())
+    return [(p["shot_id"], p["language"]) for p in delivery["pairs"] if p["status"] == "delivered"]
 
 
 def test_run_fails_naming_only_the_silent_shot(flow_run) -> None:
@@ -67,15 +77,16 @@ def test_every_other_pair_is_delivered_frame_exact(flow_run, run_manifest: Path)
     _, run_dir = flow_run
     delivery = json.loads((run_dir / "delivery.json").read_text())
     assert delivery["profile"]["random_weights"] is True and "noise" in delivery["profile"]["notice"]
-    delivered = [(p["shot_id"], p["language"]) for p in delivery["pairs"] if p["status"] == "delivered"]
+    delivered = _delivered(run_dir)
     assert sorted(delivered) == [("sc01_sh010", "de"), ("sc01_sh010", "fr"), ("sc01_sh010", "pt-BR"), ("sc02_sh010", "fr")]
     sources = pd.read_csv(run_manifest).drop_duplicates("shot_id").set_index("shot_id").source
     for shot_id, language in delivered:
         pair_dir = run_dir / shot_id / language
         source = probe(Path(sources[shot_id]))
-        review = probe(pair_dir / f"{shot_id}_{language}.mp4")
-        assert (review.frame_count, review.fps) == (source.frame_count, source.fps)
-        assert (review.width, review.height) == (source.width, source.height)
+        for picture in (f"{shot_id}_{language}.mp4", f"{shot_id}_{language}.mov"):
+            review = probe(pair_dir / picture)
+            assert (review.frame_count, review.fps) == (source.frame_count, source.fps)
+            assert (review.width, review.height) == (source.width, source.height)
         for stem in ("mix", "dx"):
             with av.open(str(pair_dir / f"{shot_id}_{language}_{stem}.wav")) as wav:
                 stream = wav.streams.audio[0]
@@ -83,7 +94,47 @@ def test_every_other_pair_is_delivered_frame_exact(flow_run, run_manifest: Path)
                 assert stream.channels == source.audio[0].channels
         qc = json.loads((pair_dir / f"{shot_id}_{language}_qc.json").read_text())
         assert qc["passed"], qc
+        assert {"mezzanine picture codec", "mezzanine A/V offset"} <= {check["name"] for check in qc["checks"]}
+        assert (pair_dir / f"{shot_id}_{language}_qc.txt").read_text().startswith(f"QC {shot_id} {language}: PASSED")
     assert not (run_dir / SILENT_SHOT).exists()
+
+
+def test_every_delivered_mix_meets_the_profile_by_an_independent_measurement(flow_run) -> None:
+    """BS.1770-4 by pyloudnorm itself (LFE out of a 5.1) and true peak by 4× polyphase oversampling."""
+    _, run_dir = flow_run
+    for shot_id, language in _delivered(run_dir):
+        mix, rate = read_audio(run_dir / shot_id / language / f"{shot_id}_{language}_mix.wav")
+        mix = mix.astype(np.float64)
+        weighted = mix[[0, 1, 2, 4, 5]] if mix.shape[0] == 6 else mix
+        lufs = pyloudnorm.Meter(rate).integrated_loudness(weighted.T)
+        assert abs(lufs - (-23.0)) <= 0.5, (shot_id, language, lufs)
+        true_peak = 20 * np.log10(np.abs(signal.resample_poly(mix, 4, 1, axis=1)).max())
+        assert true_peak <= -1.0, (shot_id, language, true_peak)
+
+
+def test_the_surround_shot_delivers_centre_dialogue_over_a_six_channel_bed(flow_run) -> None:
+    _, run_dir = flow_run
+    dx, _ = read_audio(run_dir / "sc02_sh010" / "fr" / "sc02_sh010_fr_dx.wav")
+    bed, _ = read_audio(run_dir / "sc02_sh010" / "sc02_sh010_me.wav")
+    assert dx.shape[0] == bed.shape[0] == 6
+    assert not dx[[0, 1, 3, 4, 5]].any() and np.abs(dx[2]).max() > 0
+    qc = json.loads((run_dir / "sc02_sh010" / "fr" / "sc02_sh010_fr_qc.json").read_text())
+    (separation,) = [c for c in qc["checks"] if c["name"] == "dialogue + bed reproduce the original mix"]
+    assert separation["passed"] and separation["measured"] == "largest difference 0.00 LSB"
+
+
+def test_subtitles_parse_and_lie_inside_the_shot(flow_run, run_manifest: Path) -> None:
+    _, run_dir = flow_run
+    scripts = pd.read_csv(run_manifest).set_index(["shot_id", "language"]).script
+    for shot_id, language in _delivered(run_dir):
+        pair_dir = run_dir / shot_id / language
+        shot_ms = float(probe(pair_dir / f"{shot_id}_{language}.mp4").duration) * 1000
+        cues = list(srt.parse((pair_dir / f"{shot_id}_{language}.srt").read_text(encoding="utf-8")))
+        assert cues and all(0 <= c.start.total_seconds() * 1000 < c.end.total_seconds() * 1000 <= shot_ms for c in cues)
+        assert " ".join(c.content.replace("\n", " ") for c in cues).split() == scripts[(shot_id, language)].split()
+        captions = webvtt.read(str(pair_dir / f"{shot_id}_{language}.vtt"))
+        assert [(c.start_time.in_milliseconds(), c.end_time.in_milliseconds()) for c in captions] == [
+            (c.start // timedelta(milliseconds=1), c.end // timedelta(milliseconds=1)) for c in cues]
 
 
 def test_delivery_manifest_hashes_match_the_files(flow_run) -> None:
@@ -97,6 +148,9 @@ def test_delivery_manifest_hashes_match_the_files(flow_run) -> None:
     assert pd.read_parquet(run_dir / "delivery.parquet").sha256.tolist() == [e["sha256"] for e in delivery["files"]]
     assert {e["path"] for e in delivery["files"] if e["role"] == "me"} == {
         "sc01_sh010/sc01_sh010_me.wav", "sc02_sh010/sc02_sh010_me.wav"}
+    roles = {e["role"] for e in delivery["files"] if e["language"] == "fr" and e["shot_id"] == "sc02_sh010"}
+    assert roles == {"review_mp4", "mezzanine_mov", "mix", "dx", "srt", "vtt", "qc", "qc_summary"}
+    assert delivery["loudness"]["name"] == "ebu-r128" and delivery["models"]["separator_shifts"] == 0
 
 
 def test_separation_runs_once_per_shot(flow_run) -> None:
@@ -124,4 +178,31 @@ def test_invalid_manifest_exits_2_and_runs_nothing(prefect_server, tmp_path: Pat
     bad.write_text("shot_id,source,language,script\n../x,nowhere.mov,fr,\n")
     assert main(["run", str(bad), "--out", str(tmp_path / "out")]) == 2
     assert "problem(s)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_run_with_delivery_options(prefect_server, run_manifest: Path, tmp_path: Path) -> None:
+    """--loudness with a target the true-peak ceiling makes impossible fails QC for real;
+    --allow-qc-warnings delivers the pair anyway and records the failed check."""
+    table = pd.read_csv(run_manifest, dtype=str, keep_default_na=False)
+    one_pair = tmp_path / "one.csv"
+    table[(table.shot_id == "sc01_sh010") & (table.language == "fr")].to_csv(one_pair, index=False)
+    exit_code = main(["run", str(one_pair), "--out", str(tmp_path / "out"), "--run-id", "r2",
+                      "--loudness", "custom:-5:0.5:-20", "--allow-qc-warnings", "--separator-shifts", "0"])
+    assert exit_code == 0
+    delivery = json.loads((tmp_path / "out" / "r2" / "delivery.json").read_text())
+    (pair,) = delivery["pairs"]
+    assert pair["status"] == "delivered"
+    assert pair["reason"].startswith("delivered with QC warnings allowed: loudness (custom:-5:0.5:-20) = ")
+    assert delivery["loudness"]["target_lufs"] == -5.0
+    qc = json.loads((tmp_path / "out" / "r2" / "sc01_sh010" / "fr" / "sc01_sh010_fr_qc.json").read_text())
+    assert qc["status"] == "failed, delivered with QC warnings allowed"
+    assert not any(e["path"].endswith(".mov") for e in delivery["files"])  # no --prores, no mezzanine
+
+
+def test_a_bad_loudness_profile_is_refused_before_anything_runs(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "manifest.csv", "--out", str(tmp_path / "out"), "--loudness", "custom:-20:1"])
+    assert exit_info.value.code == 2
+    assert "custom:TARGET_LUFS:TOLERANCE_LU:MAX_TRUE_PEAK_DBTP" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
