@@ -1,13 +1,17 @@
 """LipDub on one GPU with the full-size LTX-2.3 architecture (random weights): seconds per stage, peak memory.
 
-    python bench/lipdub_gpu.py [--sizes 1280x720,1920x1080] [--frames 121] [--fps 24] [--repeats 2] [--json out.json]
+    python bench/lipdub_gpu.py [--sizes 1280x720,1920x1080] [--frames 121] [--fps 24] [--repeats 2]
+                               [--weights bf16,fp8] [--json out.json]
 
-For each size: one shot of random frames and a voiced-noise soundtrack; text encode (one prompt),
-reference encode (picture at both stage sizes + voice), stage 1, upsample, stage 2, decode — each
-timed with the device synchronised — then the whole clip, and the peak GPU memory of the clip.
-Repeats after the first are warm (kernels compiled/cached, prompt cache cleared each time); the
-table reports the median of the warm repeats. Model build time and the memory the weights hold are
-reported once. The weights are random: outputs are noise; only time and memory mean anything.
+For each weight storage (bf16; fp8 = float8 storage, bf16 compute) and each size: one shot of random
+frames and a voiced-noise soundtrack; text encode (one prompt), reference encode (picture at both
+stage sizes + voice), stage 1, upsample, stage 2, decode — each timed with the device synchronised —
+then the whole clip and its peak GPU memory. Repeats after the first are warm (the prompt cache is
+cleared each time, so the text encoder runs, and is brought back from host memory if it was
+released); the table reports the median of the warm repeats. Model build time and the memory the
+weights hold are reported per storage. With both storages, the fp8 take is compared with the bf16
+take of the same seed (relative L2 error of frames and audio). The weights are random: outputs are
+noise; only time, memory and the bf16-vs-fp8 difference mean anything.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ def synthetic_shot(frames: int, width: int, height: int, fps: Fraction, seed: in
     return SourceShot(picture, fps, audio, 48_000)
 
 
-def run_clip(model, shot: SourceShot, prompt: str) -> dict[str, float]:
+def run_clip(model, shot: SourceShot, prompt: str) -> tuple[dict[str, float], object]:
     timings: dict[str, float] = {}
     model._prompts.clear()  # measure the text encoder every time
     torch.cuda.reset_peak_memory_stats()
@@ -57,7 +61,12 @@ def run_clip(model, shot: SourceShot, prompt: str) -> dict[str, float]:
     timings["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     assert output.frames.shape == shot.frames.shape, (output.frames.shape, shot.frames.shape)
     assert np.isfinite(output.audio).all()
-    return timings
+    return timings, output
+
+
+def relative_error(value: np.ndarray, reference: np.ndarray) -> float:
+    value, reference = value.astype(np.float64), reference.astype(np.float64)
+    return float(np.linalg.norm(value - reference) / np.linalg.norm(reference))
 
 
 def main() -> None:
@@ -66,37 +75,56 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=121)
     parser.add_argument("--fps", default="24")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--weights", default="bf16", help="comma-separated: bf16, fp8")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     fps = Fraction(args.fps)
 
     device = torch.cuda.get_device_name()
     print(f"GPU {device}; torch {torch.__version__}")
-    torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    model = build_random_model(LTX_2_3, "cuda", torch.bfloat16, RANDOM_WEIGHTS_SEED)
-    torch.cuda.synchronize()
-    build_s = time.perf_counter() - start
-    weights_gib = torch.cuda.memory_allocated() / 2**30
-    print(f"model built on the GPU (random weights, IC-LoRA fused): {build_s:.1f} s, {weights_gib:.1f} GiB resident")
-
     prompt = build_prompt("A man in a grey coat", "French", "Bonjour, je suis très heureux de vous revoir ici.")
-    results = {"gpu": device, "torch": torch.__version__, "build_s": build_s, "weights_gib": weights_gib,
-               "frames": args.frames, "fps": str(fps), "sizes": {}}
-    for size in args.sizes.split(","):
-        width, height = (int(v) for v in size.split("x"))
-        shot = synthetic_shot(args.frames, width, height, fps, seed=width)
-        runs = [run_clip(model, shot, prompt) for _ in range(args.repeats)]
-        warm = runs[1:] or runs
-        summary = {key: statistics.median(r[key] for r in warm) for key in runs[0]}
-        results["sizes"][size] = {"runs": runs, "median_warm": summary}
-        print(f"{size}: " + ", ".join(f"{k} {summary[k]:.2f}" for k in (*STAGES, "clip", "peak_gib")), flush=True)
+    results = {"gpu": device, "torch": torch.__version__, "frames": args.frames, "fps": str(fps), "variants": {}}
+    takes: dict[str, dict[str, object]] = {}
+    for storage in args.weights.split(","):
+        torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        model = build_random_model(LTX_2_3, "cuda", torch.bfloat16, RANDOM_WEIGHTS_SEED, fp8_weights=storage == "fp8")
+        torch.cuda.synchronize()
+        variant = {"build_s": time.perf_counter() - start, "weights_gib": torch.cuda.memory_allocated() / 2**30,
+                   "sizes": {}}
+        print(f"[{storage}] model built on the GPU (random weights, IC-LoRA fused): {variant['build_s']:.1f} s, "
+              f"{variant['weights_gib']:.1f} GiB resident", flush=True)
+        for size in args.sizes.split(","):
+            width, height = (int(v) for v in size.split("x"))
+            shot = synthetic_shot(args.frames, width, height, fps, seed=width)
+            runs = []
+            for _ in range(args.repeats):
+                timings, output = run_clip(model, shot, prompt)
+                runs.append(timings)
+            takes.setdefault(size, {})[storage] = output
+            warm = runs[1:] or runs
+            summary = {key: statistics.median(r[key] for r in warm) for key in runs[0]}
+            variant["sizes"][size] = {"runs": runs, "median_warm": summary}
+            print(f"[{storage}] {size}: " + ", ".join(f"{k} {summary[k]:.2f}" for k in (*STAGES, "clip", "peak_gib")),
+                  flush=True)
+        results["variants"][storage] = variant
+        del model
+        torch.cuda.empty_cache()
 
-    print(f"\n| size | {' | '.join(STAGES)} | clip s | peak GiB |")
-    print("|---" * (len(STAGES) + 3) + "|")
-    for size, entry in results["sizes"].items():
-        m = entry["median_warm"]
-        print(f"| {size}x{args.frames} | " + " | ".join(f"{m[s]:.2f}" for s in STAGES) + f" | {m['clip']:.2f} | {m['peak_gib']:.1f} |")
+    print(f"\n| weights | size | {' | '.join(STAGES)} | clip s | peak GiB |")
+    print("|---" * (len(STAGES) + 4) + "|")
+    for storage, variant in results["variants"].items():
+        for size, entry in variant["sizes"].items():
+            m = entry["median_warm"]
+            print(f"| {storage} | {size}x{args.frames} | " + " | ".join(f"{m[s]:.2f}" for s in STAGES)
+                  + f" | {m['clip']:.2f} | {m['peak_gib']:.1f} |")
+    if {"bf16", "fp8"} <= set(results["variants"]):
+        results["fp8_vs_bf16"] = {}
+        for size, pair in takes.items():
+            errors = {"frames": relative_error(pair["fp8"].frames, pair["bf16"].frames),
+                      "audio": relative_error(pair["fp8"].audio, pair["bf16"].audio)}
+            results["fp8_vs_bf16"][size] = errors
+            print(f"fp8 vs bf16 at {size}: relative L2 error frames {errors['frames']:.4f}, audio {errors['audio']:.4f}")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2)

@@ -37,6 +37,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--separator-shifts", type=_shifts, default=None,
                      help="time-shifted passes averaged (default 0: one pass; $DUBFLOW_DEMUCS_SHIFTS)")
 
+    models = commands.add_parser("models", help="check or download LTX-2.3 LipDub weights")
+    model_commands = models.add_subparsers(dest="models_command", required=True)
+    check = model_commands.add_parser("check", help="files present, shapes as configured, every LoRA key applied")
+    check.add_argument("dir", type=Path, nargs="?", default=None, help="weights directory (default: $DUBFLOW_LTX_WEIGHTS)")
+    check.add_argument("--lora", type=Path, default=None, help="IC-LoRA file (default: the one in DIR)")
+    download = model_commands.add_parser("download", help="fetch the base and the gated IC-LoRA (token: $HF_TOKEN)")
+    download.add_argument("dir", type=Path)
 
     demo = commands.add_parser("demo", help="generate sample shots and localize them on the smoke profile")
     demo.add_argument("--dir", type=Path, default=Path("dubflow-demo"), help="where samples and deliveries go")
@@ -58,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         separator = {f"separator_{key}": getattr(args, f"separator_{key}") for key in ("model", "repo", "device", "shifts")}
         return _run(args.manifest, args.out, args.languages, args.profile, args.run_id, **_delivery(args), **separator)
+    if args.command == "models":
+        return _models(args)
     if args.command == "demo":
         manifest_path = _sample(args.dir / "samples")
         print(f"sample shots in {manifest_path.parent}")
@@ -118,6 +127,23 @@ def _shifts(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of shifts (0 or more)")
     return int(text)
+
+
+def _models(args: argparse.Namespace) -> int:
+    from dubflow.models.profiles import ltx_weights_dir
+    from dubflow.models.weights import WeightsDownloadError, check_weights, download_weights
+
+    if args.models_command == "download":
+        try:
+            directory = download_weights(args.dir)
+        except WeightsDownloadError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        print(f"downloaded to {directory}; next: dubflow models check {directory}")
+        return 0
+    report = check_weights(args.dir or ltx_weights_dir(), args.lora)
+    print(report.render(), file=sys.stdout if report.ok else sys.stderr)
+    return 0 if report.ok else 1
 
 
 def _language_list(text: str) -> list[str]:

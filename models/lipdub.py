@@ -192,6 +192,7 @@ class LipDubModel:
         self.reference_encodings = 0  # prepared shots actually encoded (not served from the cache)
         # GPU memory a clip's sampling and decoding may need beyond the weights (1080p, 121 frames, tiled VAE).
         self.gpu_reserve_bytes = GPU_RESERVE_BYTES
+        self._text_encoder_host: dict[str, torch.Tensor] | None = None
         self._prepared: OrderedDict[tuple, PreparedShot] = OrderedDict()
         self._prompts: OrderedDict[str, PromptEmbedding] = OrderedDict()
         # A pipeline holds per-call state and one device; one call at a time.
@@ -204,6 +205,7 @@ class LipDubModel:
         lora_path: Path,
         device: str = "cpu",
         dtype: torch.dtype = torch.float32,
+        fp8_weights: bool = False,
     ) -> LipDubModel:
         """Base from a diffusers-format directory (with ``latent_upsampler/``), IC-LoRA fused in."""
         weights_dir, lora_path = Path(weights_dir), Path(lora_path)
@@ -223,8 +225,8 @@ class LipDubModel:
         pipe = LTX2LipDubPipeline.from_pretrained(weights_dir, latent_upsampler=upsampler, dtype=dtype)
         pipe.set_progress_bar_config(disable=True)
         pipe.to(device)
-        _use_memory_options(pipe)
         fuse_lora(pipe, load_file(str(lora_path)), str(lora_path))
+        _use_memory_options(pipe, fp8_weights)
         identity = f"{weights_dir.name}+{lora_path.name}@{sha256_file(lora_path)[:12]}"
         model = cls(pipe, reference_downscale_factor=factor, identity=identity)
         cls.load_count += 1
@@ -294,9 +296,7 @@ class LipDubModel:
         with self._lock:
             missing = list(dict.fromkeys(p for p in prompts if p not in self._prompts))
             if missing:
-                text_encoder = self.pipe.text_encoder
-                if text_encoder.device != self.device:  # released after an earlier batch
-                    text_encoder.to(self.device)
+                self._restore_text_encoder()  # if an earlier batch released it
                 for prompt, embedding in zip(missing, self.pipe.encode_prompts(missing, MAX_PROMPT_TOKENS)):
                     self._prompts[prompt] = embedding
                 self._release_text_encoder_if_short()
@@ -305,18 +305,33 @@ class LipDubModel:
             return {p: self._prompts[p] for p in prompts}
 
     def _release_text_encoder_if_short(self) -> None:
-        """Move the text encoder (Gemma 3 12B: ~24 GB in bf16) to host memory when the GPU runs short.
+        """Move the text encoder (Gemma 3 12B: ~24 GB in bf16) off the GPU when memory runs short.
 
         Prompts are encoded once per shot and cached, so the encoder is idle while the transformer
-        and VAEs need room for a clip's activations.
+        and VAEs need room for a clip's activations. Its weights never change, so the first release
+        makes one page-locked host copy and keeps it: later releases only drop the GPU copy, and
+        bringing it back is one host-to-device copy at full PCIe speed.
         """
         if self.device.type != "cuda":
             return
         free, _ = torch.cuda.mem_get_info(self.device)
-        if free < self.gpu_reserve_bytes:
-            self.pipe.text_encoder.to("cpu")
-            torch.cuda.empty_cache()
-            logger.info("text encoder released to host memory (%.1f GiB free on %s)", free / 2**30, self.device)
+        if free >= self.gpu_reserve_bytes:
+            return
+        text_encoder = self.pipe.text_encoder
+        if self._text_encoder_host is None:
+            self._text_encoder_host = {
+                name: torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t)
+                for name, t in _named_tensors(text_encoder)
+            }
+        for name, tensor in _named_tensors(text_encoder):
+            tensor.data = self._text_encoder_host[name]
+        torch.cuda.empty_cache()
+        logger.info("text encoder released to host memory (%.1f GiB were free on %s)", free / 2**30, self.device)
+
+    def _restore_text_encoder(self) -> None:
+        for _, tensor in _named_tensors(self.pipe.text_encoder):
+            if tensor.device != self.device:
+                tensor.data = tensor.data.to(self.device, non_blocking=True)
 
     def dub(
         self,
@@ -381,10 +396,22 @@ def fuse_lora(pipe: LTX2LipDubPipeline, state_dict: dict[str, torch.Tensor], sou
     pipe.unload_lora_weights()
 
 
-def _use_memory_options(pipe: LTX2LipDubPipeline) -> None:
-    """On a GPU, decode and encode video in tiles: a 1080p clip's VAE activations would not fit whole."""
+def _named_tensors(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return [*module.named_parameters(), *module.named_buffers()]
+
+
+def _use_memory_options(pipe: LTX2LipDubPipeline, fp8_weights: bool) -> None:
+    """Called once the LoRA is fused (fusing needs the full-precision weights).
+
+    On a GPU, video is encoded and decoded in tiles: a 1080p clip's VAE activations would not fit
+    whole. ``fp8_weights`` stores the transformer's weights in float8 (e4m3) and casts each layer to
+    the compute dtype as it runs: half the transformer's memory (about 19 GB of 38 for LTX-2.3),
+    some time per step and a small change in the output (measured in BENCHMARKS.md).
+    """
     if pipe.transformer.device.type == "cuda":
         pipe.vae.enable_tiling()
+    if fp8_weights:
+        pipe.transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=pipe.transformer.dtype)
 
 
 def _check_shot(shot: SourceShot) -> np.ndarray:
@@ -523,27 +550,33 @@ def get_resident_model(
     lora_path: Path,
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
+    fp8_weights: bool = False,
 ) -> LipDubModel:
     """The process's LipDub model for these weights on this device, loaded on first use only."""
-    key = ("lipdub", str(torch.device(device)), str(Path(weights_dir).resolve()), str(Path(lora_path).resolve()), str(dtype))
-    return resident(key, lambda: LipDubModel.load(Path(weights_dir), Path(lora_path), device=device, dtype=dtype))
+    key = ("lipdub", str(torch.device(device)), str(Path(weights_dir).resolve()), str(Path(lora_path).resolve()),
+           str(dtype), fp8_weights)
+    return resident(key, lambda: LipDubModel.load(Path(weights_dir), Path(lora_path), device, dtype, fp8_weights))
 
 
-def get_resident_random_model(arch: LTX2Architecture, device: str, dtype: torch.dtype, seed: int) -> LipDubModel:
+def get_resident_random_model(
+    arch: LTX2Architecture, device: str, dtype: torch.dtype, seed: int, fp8_weights: bool = False
+) -> LipDubModel:
     """The process's random-weight LipDub of ``arch`` (e.g. full-size LTX-2.3), built on ``device`` once."""
-    key = ("lipdub-random", arch.name, str(torch.device(device)), str(dtype), seed)
-    return resident(key, lambda: build_random_model(arch, device, dtype, seed))
+    key = ("lipdub-random", arch.name, str(torch.device(device)), str(dtype), seed, fp8_weights)
+    return resident(key, lambda: build_random_model(arch, device, dtype, seed, fp8_weights))
 
 
-def build_random_model(arch: LTX2Architecture, device: str, dtype: torch.dtype, seed: int) -> LipDubModel:
+def build_random_model(
+    arch: LTX2Architecture, device: str, dtype: torch.dtype, seed: int, fp8_weights: bool = False
+) -> LipDubModel:
     """Random components built on ``device`` plus a random IC-LoRA in the official layout, fused the real way."""
     pipe = LTX2LipDubPipeline(**build_components(arch, device, dtype, seed))
     pipe.set_progress_bar_config(disable=True)
-    _use_memory_options(pipe)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         lora = random_ic_lora(pipe.transformer)
     fuse_lora(pipe, lora, f"random IC-LoRA for {arch.name}")
+    _use_memory_options(pipe, fp8_weights)
     LipDubModel.load_count += 1
     return LipDubModel(pipe, reference_downscale_factor=1, identity=f"{arch.name}-random@{seed}")
 

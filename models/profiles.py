@@ -46,6 +46,7 @@ class ModelProfile:
     lipdub_weights: Path | None  # diffusers-format directory of the LTX-2 base; None = built at random
     lipdub_lora: Path | None  # IC-LoRA safetensors in the official key format; None = built at random
     max_height: int | None  # generation height cap (smoke only); None = the shot's own size
+    fp8_weights: bool = False  # transformer weights stored in float8 ($DUBFLOW_FP8_WEIGHTS=1): half the memory
 
     @property
     def notice(self) -> str | None:
@@ -56,6 +57,14 @@ class ModelProfile:
 
 def cache_dir() -> Path:
     return Path(os.environ.get("DUBFLOW_CACHE", Path.home() / ".cache" / "dubflow"))
+
+
+def _fp8_requested() -> bool:
+    return os.environ.get("DUBFLOW_FP8_WEIGHTS", "0") == "1"
+
+
+def ltx_weights_dir() -> Path:
+    return Path(os.environ.get("DUBFLOW_LTX_WEIGHTS", cache_dir() / "ltx-2.3"))
 
 
 _build_lock = threading.Lock()
@@ -82,7 +91,7 @@ def resolve_profile(name: str) -> ModelProfile:
             max_height=128,
         )
     if name == "ltx-2.3":
-        weights = Path(os.environ.get("DUBFLOW_LTX_WEIGHTS", cache_dir() / "ltx-2.3"))
+        weights = ltx_weights_dir()
         lora = weights / LIPDUB_LORA_FILE
         if not (weights / "model_index.json").is_file() or not lora.is_file():
             raise ProfileError(
@@ -99,6 +108,7 @@ def resolve_profile(name: str) -> ModelProfile:
             lipdub_weights=weights,
             lipdub_lora=lora,
             max_height=None,
+            fp8_weights=_fp8_requested(),
         )
     if name == "ltx-2.3-random":
         from dubflow.models.separator import build_smoke_separator
@@ -116,6 +126,7 @@ def resolve_profile(name: str) -> ModelProfile:
             lipdub_weights=None,
             lipdub_lora=None,
             max_height=None,
+            fp8_weights=_fp8_requested(),
         )
     raise ProfileError(f"unknown model profile {name!r}; choose one of {', '.join(PROFILE_NAMES)}")
 
@@ -126,5 +137,5 @@ def load_lipdub(profile: ModelProfile):  # -> LipDubModel (import deferred: diff
 
     dtype = torch.bfloat16 if profile.device.startswith("cuda") else torch.float32
     if profile.lipdub_weights is None:
-        return get_resident_random_model(LTX_2_3, profile.device, dtype, RANDOM_WEIGHTS_SEED)
-    return get_resident_model(profile.lipdub_weights, profile.lipdub_lora, profile.device, dtype)
+        return get_resident_random_model(LTX_2_3, profile.device, dtype, RANDOM_WEIGHTS_SEED, profile.fp8_weights)
+    return get_resident_model(profile.lipdub_weights, profile.lipdub_lora, profile.device, dtype, profile.fp8_weights)

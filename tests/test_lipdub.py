@@ -496,3 +496,14 @@ def test_resident_model_is_loaded_once_per_process(model: LipDubModel, smoke_wei
     assert len(results) == 4 and all(r is results[0] for r in results)
     assert results[0] is not model
     assert LipDubModel.load_count == before + 1
+
+
+def test_fp8_weight_storage_keeps_shapes_and_stays_close(smoke_weights: Path, lora_path: Path,
+                                                         model: LipDubModel) -> None:
+    fp8 = LipDubModel.load(smoke_weights, lora_path, fp8_weights=True)
+    stored = {p.dtype for name, p in fp8.pipe.transformer.named_parameters() if name.endswith("weight") and p.ndim == 2}
+    assert torch.float8_e4m3fn in stored
+    shot = _shot(9, 60, 100, seed=12)
+    exact, approx = model.generate(shot, PROMPT, seed=2), fp8.generate(shot, PROMPT, seed=2)
+    assert approx.frames.shape == exact.frames.shape and approx.audio.shape == exact.audio.shape
+    assert not np.array_equal(approx.frames, exact.frames)  # the weights really changed precision

@@ -1,0 +1,215 @@
+"""LTX-2.3 LipDub weights on disk: check a directory before a run, download one from the hub.
+
+The layout dubflow loads (``LipDubModel.load``)::
+
+    <weights>/model_index.json                       diffusers pipeline index
+    <weights>/{transformer,vae,audio_vae,connectors,vocoder,text_encoder,tokenizer,scheduler}/
+    <weights>/latent_upsampler/                      the x2 spatial upscaler (two-stage)
+    <weights>/ltx-2.3-22b-ic-lora-lipdub-0.9.safetensors
+
+``check_weights`` reads only configs and safetensors headers (no tensor data), builds every
+diffusers component on the ``meta`` device and compares names and shapes, then maps every LoRA key
+through diffusers' own conversion onto the transformer: a 22B model is checked in seconds and with
+no GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from dubflow.models.profiles import LIPDUB_LORA_FILE
+
+BASE_REPO = "Lightricks/LTX-2.3"
+LORA_REPO = "Lightricks/LTX-2.3-22b-IC-LoRA-LipDub"
+# The diffusers components the pipeline needs; the base repo also holds single-file checkpoints we skip.
+DIFFUSERS_COMPONENTS = (
+    "transformer", "vae", "audio_vae", "connectors", "vocoder", "latent_upsampler", "text_encoder", "tokenizer",
+    "scheduler",
+)
+_WEIGHTED = ("transformer", "vae", "audio_vae", "connectors", "vocoder", "latent_upsampler")
+_EXAMPLES = 3
+
+
+class WeightsDownloadError(Exception):
+    """The weights could not be fetched; the message says why and what to do."""
+
+
+@dataclass
+class WeightsReport:
+    weights_dir: Path
+    problems: list[str] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)  # one line per thing found in order
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def render(self) -> str:
+        lines = [f"weights {self.weights_dir}", *(f"  ok      {line}" for line in self.checked)]
+        lines += [f"  PROBLEM {line}" for line in self.problems]
+        lines.append("all checks passed" if self.ok else f"{len(self.problems)} problem(s)")
+        return "\n".join(lines)
+
+
+def check_weights(weights_dir: Path, lora_path: Path | None = None) -> WeightsReport:
+    """Files present, every tensor's name and shape as the configs say, every LoRA key on a module."""
+    weights_dir = Path(weights_dir)
+    lora_path = Path(lora_path) if lora_path is not None else weights_dir / LIPDUB_LORA_FILE
+    report = WeightsReport(weights_dir)
+    if not (weights_dir / "model_index.json").is_file():
+        report.problems.append(f"{weights_dir}/model_index.json missing: not a diffusers-format directory "
+                               f"(fetch one with `dubflow models download {weights_dir}`)")
+        return report
+    for name in DIFFUSERS_COMPONENTS:
+        if not (weights_dir / name).is_dir():
+            report.problems.append(f"{name}/ missing")
+    text_encoder = weights_dir / "text_encoder"
+    if text_encoder.is_dir():
+        # Gemma's checkpoint layout is transformers' business: presence here, transformers checks on load.
+        if (text_encoder / "config.json").is_file() and any(text_encoder.glob("*.safetensors")):
+            report.checked.append("text_encoder: config and safetensors present (shapes checked by transformers on load)")
+        else:
+            report.problems.append("text_encoder/: needs config.json and *.safetensors")
+    transformer = None
+    for name in _WEIGHTED:
+        if (weights_dir / name).is_dir():
+            module = _check_component(weights_dir / name, name, report)
+            if name == "transformer":
+                transformer = module
+    if not lora_path.is_file():
+        report.problems.append(f"IC-LoRA {lora_path.name} missing (gated on the hub: {LORA_REPO})")
+    elif transformer is not None:
+        _check_lora(lora_path, transformer, report)
+    return report
+
+
+def _component_class(name: str, weights_dir: Path):
+    from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, LTX2VideoTransformer3DModel
+    from diffusers.pipelines.ltx2 import LTX2LatentUpsamplerModel, LTX2TextConnectors, LTX2Vocoder, LTX2VocoderWithBWE
+
+    if name == "vocoder":
+        config = json.loads((weights_dir / "config.json").read_text())
+        return LTX2VocoderWithBWE if config.get("_class_name") == "LTX2VocoderWithBWE" else LTX2Vocoder
+    return {
+        "transformer": LTX2VideoTransformer3DModel,
+        "vae": AutoencoderKLLTX2Video,
+        "audio_vae": AutoencoderKLLTX2Audio,
+        "connectors": LTX2TextConnectors,
+        "latent_upsampler": LTX2LatentUpsamplerModel,
+    }[name]
+
+
+def _check_component(directory: Path, name: str, report: WeightsReport) -> torch.nn.Module | None:
+    from safetensors import safe_open
+
+    config_file = directory / "config.json"
+    files = sorted(directory.glob("*.safetensors"))
+    if not config_file.is_file() or not files:
+        report.problems.append(f"{name}/: needs config.json and *.safetensors, found {sorted(p.name for p in directory.iterdir())}")
+        return None
+    cls = _component_class(name, directory)
+    with torch.device("meta"):
+        module = cls.from_config(cls.load_config(directory))
+    expected = {key: tuple(tensor.shape) for key, tensor in module.state_dict().items()}
+    found: dict[str, tuple[int, ...]] = {}
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():
+                found[key] = tuple(handle.get_slice(key).get_shape())
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
+    for label, keys in (("missing from the files", missing), ("not in the model", unexpected)):
+        if keys:
+            report.problems.append(f"{name}: {len(keys)} tensor(s) {label}, e.g. {', '.join(keys[:_EXAMPLES])}")
+    for key in wrong[:_EXAMPLES]:
+        report.problems.append(f"{name}: {key} has shape {found[key]}, the config says {expected[key]}")
+    if len(wrong) > _EXAMPLES:
+        report.problems.append(f"{name}: {len(wrong) - _EXAMPLES} more tensor(s) with the wrong shape")
+    if not (missing or unexpected or wrong):
+        report.checked.append(f"{name}: {len(found)} tensors ({sum(_numel(s) for s in found.values()):,} values) as configured")
+    return module
+
+
+def _check_lora(lora_path: Path, transformer: torch.nn.Module, report: WeightsReport) -> None:
+    from safetensors.torch import load_file
+
+    from dubflow.models.lipdub import read_reference_downscale_factor
+    from dubflow.models.lipdub_pipeline import LTX2LipDubPipeline
+
+    converted = LTX2LipDubPipeline.lora_state_dict(load_file(str(lora_path)))
+    modules = dict(transformer.named_modules())
+    unmatched, wrong = [], []
+    for key, tensor in converted.items():
+        component, _, rest = key.partition(".")
+        target, _, kind = rest.rpartition(".lora_")
+        module = modules.get(target) if component == "transformer" else None
+        if not isinstance(module, torch.nn.Linear):
+            unmatched.append(key)
+        elif kind.startswith("A") and tensor.shape[1] != module.in_features:
+            wrong.append(f"{key} {tuple(tensor.shape)} vs in_features {module.in_features}")
+        elif kind.startswith("B") and tensor.shape[0] != module.out_features:
+            wrong.append(f"{key} {tuple(tensor.shape)} vs out_features {module.out_features}")
+    if unmatched:
+        report.problems.append(f"IC-LoRA: {len(unmatched)} key(s) match no transformer module, "
+                               f"e.g. {', '.join(unmatched[:_EXAMPLES])}")
+    report.problems += [f"IC-LoRA: {line}" for line in wrong[:_EXAMPLES]]
+    if not (unmatched or wrong):
+        factor = read_reference_downscale_factor(lora_path)
+        report.checked.append(
+            f"IC-LoRA {lora_path.name}: {len(converted)} tensors on {len(converted) // 2} transformer modules, "
+            f"reference_downscale_factor={factor}"
+        )
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
+
+
+def download_weights(weights_dir: Path) -> Path:
+    """Fetch the diffusers-format LTX-2.3 base and the gated LipDub IC-LoRA into ``weights_dir``.
+
+    The token comes from ``$HF_TOKEN`` or the ``hf auth login`` cache, never from a command-line
+    argument (it would show in process lists and shell history), and is never printed.
+    """
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    weights_dir = Path(weights_dir)
+    token = os.environ.get("HF_TOKEN") or None
+    try:
+        snapshot_download(
+            BASE_REPO, local_dir=weights_dir, token=token,
+            allow_patterns=["model_index.json", *(f"{name}/*" for name in DIFFUSERS_COMPONENTS)],
+        )
+        hf_hub_download(LORA_REPO, LIPDUB_LORA_FILE, local_dir=weights_dir, token=token)
+    except GatedRepoError:
+        raise WeightsDownloadError(
+            f"access refused: {LORA_REPO} is gated — accept its conditions at https://huggingface.co/{LORA_REPO} "
+            "with the account your token (HF_TOKEN) belongs to, then run again"
+        ) from None
+    except RepositoryNotFoundError:
+        raise WeightsDownloadError(
+            f"{BASE_REPO} or {LORA_REPO} not found or not visible with this token; check HF_TOKEN"
+        ) from None
+    except HfHubHTTPError as exc:
+        raise WeightsDownloadError(f"the hub refused the download: {_status(exc)}") from None
+    except OSError as exc:  # no network, DNS, disk
+        raise WeightsDownloadError(
+            f"could not download the weights ({type(exc).__name__}: {exc}); this needs network access to "
+            "huggingface.co — or copy a weights directory here and run `dubflow models check`"
+        ) from None
+    return weights_dir
+
+
+def _status(exc: Exception) -> str:
+    response = getattr(exc, "response", None)
+    return f"HTTP {response.status_code}" if response is not None else type(exc).__name__

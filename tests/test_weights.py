@@ -1,0 +1,92 @@
+"""`dubflow models check` / `download`: a weights directory is verified from configs and headers alone."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from dubflow.flows.cli import main
+from dubflow.models.lipdub import build_smoke_weights
+from dubflow.models.profiles import LIPDUB_LORA_FILE
+from dubflow.models.weights import WeightsDownloadError, check_weights, download_weights
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_smoke_weights(tmp_path_factory.mktemp("weights") / "ltx-2")
+
+
+@pytest.fixture
+def copy(weights: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(weights, tmp_path / "copy"))
+
+
+def _rewrite(path: Path, change) -> None:
+    tensors = load_file(str(path))
+    change(tensors)
+    save_file(tensors, str(path))
+
+
+def test_smoke_weights_pass_every_check(weights: Path, capsys) -> None:
+    report = check_weights(weights)
+    assert report.ok, report.render()
+    checked = "\n".join(report.checked)
+    for name in ("transformer", "vae", "audio_vae", "connectors", "vocoder", "latent_upsampler", "IC-LoRA"):
+        assert name in checked
+    assert main(["models", "check", str(weights)]) == 0
+    assert "all checks passed" in capsys.readouterr().out
+
+
+def test_a_tensor_of_the_wrong_shape_is_named(copy: Path, capsys) -> None:
+    file = copy / "transformer" / "diffusion_pytorch_model.safetensors"
+    _rewrite(file, lambda t: t.__setitem__("proj_in.weight", torch.zeros(3, 3)))
+    report = check_weights(copy)
+    assert not report.ok
+    assert any("proj_in.weight has shape (3, 3)" in p for p in report.problems), report.problems
+    assert main(["models", "check", str(copy)]) == 1
+    assert "proj_in.weight" in capsys.readouterr().err
+
+
+def test_missing_tensors_components_and_lora_are_reported(copy: Path) -> None:
+    _rewrite(copy / "vae" / "diffusion_pytorch_model.safetensors", lambda t: t.pop(next(iter(t))))
+    shutil.rmtree(copy / "latent_upsampler")
+    (copy / LIPDUB_LORA_FILE).unlink()
+    problems = "\n".join(check_weights(copy).problems)
+    assert "vae: 1 tensor(s) missing from the files" in problems
+    assert "latent_upsampler/ missing" in problems
+    assert "IC-LoRA" in problems and "gated" in problems
+
+
+def test_lora_keys_that_match_no_module_are_reported(copy: Path) -> None:
+    extra = {
+        "diffusion_model.transformer_blocks.0.attn1.to_nowhere.lora_A.weight": torch.ones(2, 16),
+        "diffusion_model.transformer_blocks.0.attn1.to_nowhere.lora_B.weight": torch.ones(16, 2),
+    }
+    _rewrite(copy / LIPDUB_LORA_FILE, lambda t: t.update(extra))
+    problems = check_weights(copy).problems
+    assert any("match no transformer module" in p and "to_nowhere" in p for p in problems), problems
+
+
+def test_a_lora_of_the_wrong_rank_width_is_reported(copy: Path) -> None:
+    def widen(tensors: dict) -> None:
+        key = next(k for k in tensors if k.endswith("attn1.to_q.lora_A.weight"))
+        tensors[key] = torch.ones(2, tensors[key].shape[1] + 1)
+
+    _rewrite(copy / LIPDUB_LORA_FILE, widen)
+    assert any("in_features" in p for p in check_weights(copy).problems)
+
+
+def test_not_a_weights_directory(tmp_path: Path) -> None:
+    report = check_weights(tmp_path)
+    assert not report.ok and "model_index.json" in report.problems[0] and "download" in report.problems[0]
+
+
+def test_download_without_network_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # this machine has no route to the hub: fail fast, not on a timeout
+    with pytest.raises(WeightsDownloadError, match="network access to huggingface.co"):
+        download_weights(tmp_path / "w")
+    assert main(["models", "download", str(tmp_path / "w")]) == 1
