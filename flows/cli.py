@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = model_commands.add_parser("check", help="files present, shapes as configured, every LoRA key applied")
     check.add_argument("dir", type=Path, nargs="?", default=None, help="weights directory (default: $DUBFLOW_LTX_WEIGHTS)")
     check.add_argument("--lora", type=Path, default=None, help="IC-LoRA file (default: the one in DIR)")
+    check.add_argument("--checkpoint", type=Path, default=None,
+                       help="official single-file checkpoint whose transformer replaces DIR's ($DUBFLOW_LTX_CHECKPOINT)")
     download = model_commands.add_parser("download", help="fetch the base and the gated IC-LoRA (token: $HF_TOKEN)")
     download.add_argument("dir", type=Path)
 
@@ -141,7 +144,8 @@ def _models(args: argparse.Namespace) -> int:
             return 1
         print(f"downloaded to {directory}; next: dubflow models check {directory}")
         return 0
-    report = check_weights(args.dir or ltx_weights_dir(), args.lora)
+    checkpoint = args.checkpoint or os.environ.get("DUBFLOW_LTX_CHECKPOINT") or None
+    report = check_weights(args.dir or ltx_weights_dir(), args.lora, checkpoint)
     print(report.render(), file=sys.stdout if report.ok else sys.stderr)
     return 0 if report.ok else 1
 

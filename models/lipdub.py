@@ -206,8 +206,15 @@ class LipDubModel:
         device: str = "cpu",
         dtype: torch.dtype = torch.float32,
         fp8_weights: bool = False,
+        checkpoint: Path | None = None,
     ) -> LipDubModel:
-        """Base from a diffusers-format directory (with ``latent_upsampler/``), IC-LoRA fused in."""
+        """Base from a diffusers-format directory (with ``latent_upsampler/``), IC-LoRA fused in.
+
+        ``checkpoint``, an official single-file LTX-2.3 checkpoint (e.g. the distilled
+        ``ltx-2.3-22b-distilled-1.1.safetensors``), replaces the directory's transformer: it is read
+        through diffusers' own key conversion with the directory's transformer config. Its bundled
+        VAEs are the same as the directory's, which are used.
+        """
         weights_dir, lora_path = Path(weights_dir), Path(lora_path)
         if not (weights_dir / "model_index.json").is_file():
             raise LipDubLoadError(f"{weights_dir} is not a diffusers-format directory (no model_index.json)")
@@ -220,14 +227,27 @@ class LipDubModel:
         from diffusers.pipelines.ltx2 import LTX2LatentUpsamplerModel
         from safetensors.torch import load_file
 
+        if checkpoint is not None and not Path(checkpoint).is_file():
+            raise LipDubLoadError(f"single-file checkpoint not found: {checkpoint}")
         factor = read_reference_downscale_factor(lora_path)
-        upsampler = LTX2LatentUpsamplerModel.from_pretrained(weights_dir / "latent_upsampler", torch_dtype=dtype)
-        pipe = LTX2LipDubPipeline.from_pretrained(weights_dir, latent_upsampler=upsampler, dtype=dtype)
+        overrides = {
+            "latent_upsampler": LTX2LatentUpsamplerModel.from_pretrained(
+                weights_dir / "latent_upsampler", torch_dtype=dtype
+            )
+        }
+        if checkpoint is not None:
+            from diffusers import LTX2VideoTransformer3DModel
+
+            overrides["transformer"] = LTX2VideoTransformer3DModel.from_single_file(
+                str(checkpoint), config=str(weights_dir), subfolder="transformer", torch_dtype=dtype
+            )
+        pipe = LTX2LipDubPipeline.from_pretrained(weights_dir, dtype=dtype, **overrides)
         pipe.set_progress_bar_config(disable=True)
         pipe.to(device)
         fuse_lora(pipe, load_file(str(lora_path)), str(lora_path))
         _use_memory_options(pipe, fp8_weights)
-        identity = f"{weights_dir.name}+{lora_path.name}@{sha256_file(lora_path)[:12]}"
+        base = weights_dir.name if checkpoint is None else f"{weights_dir.name}:{Path(checkpoint).name}"
+        identity = f"{base}+{lora_path.name}@{sha256_file(lora_path)[:12]}"
         model = cls(pipe, reference_downscale_factor=factor, identity=identity)
         cls.load_count += 1
         logger.info(
@@ -551,11 +571,14 @@ def get_resident_model(
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
     fp8_weights: bool = False,
+    checkpoint: Path | None = None,
 ) -> LipDubModel:
     """The process's LipDub model for these weights on this device, loaded on first use only."""
-    key = ("lipdub", str(torch.device(device)), str(Path(weights_dir).resolve()), str(Path(lora_path).resolve()),
-           str(dtype), fp8_weights)
-    return resident(key, lambda: LipDubModel.load(Path(weights_dir), Path(lora_path), device, dtype, fp8_weights))
+    paths = [str(Path(p).resolve()) if p is not None else None for p in (weights_dir, lora_path, checkpoint)]
+    key = ("lipdub", str(torch.device(device)), *paths, str(dtype), fp8_weights)
+    return resident(
+        key, lambda: LipDubModel.load(Path(weights_dir), Path(lora_path), device, dtype, fp8_weights, checkpoint)
+    )
 
 
 def get_resident_random_model(

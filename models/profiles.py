@@ -47,6 +47,7 @@ class ModelProfile:
     lipdub_lora: Path | None  # IC-LoRA safetensors in the official key format; None = built at random
     max_height: int | None  # generation height cap (smoke only); None = the shot's own size
     fp8_weights: bool = False  # transformer weights stored in float8 ($DUBFLOW_FP8_WEIGHTS=1): half the memory
+    lipdub_checkpoint: Path | None = None  # official single-file transformer ($DUBFLOW_LTX_CHECKPOINT)
 
     @property
     def notice(self) -> str | None:
@@ -93,6 +94,10 @@ def resolve_profile(name: str) -> ModelProfile:
     if name == "ltx-2.3":
         weights = ltx_weights_dir()
         lora = weights / LIPDUB_LORA_FILE
+        checkpoint = os.environ.get("DUBFLOW_LTX_CHECKPOINT")
+        if checkpoint and not Path(checkpoint).is_file():
+            raise ProfileError(f"DUBFLOW_LTX_CHECKPOINT={checkpoint} is not a file; unset it or point it at the "
+                               "single-file LTX-2.3 checkpoint")
         if not (weights / "model_index.json").is_file() or not lora.is_file():
             raise ProfileError(
                 f"ltx-2.3 weights not found in {weights} (need model_index.json and {LIPDUB_LORA_FILE}); "
@@ -109,6 +114,7 @@ def resolve_profile(name: str) -> ModelProfile:
             lipdub_lora=lora,
             max_height=None,
             fp8_weights=_fp8_requested(),
+            lipdub_checkpoint=Path(checkpoint) if checkpoint else None,
         )
     if name == "ltx-2.3-random":
         from dubflow.models.separator import build_smoke_separator
@@ -138,4 +144,5 @@ def load_lipdub(profile: ModelProfile):  # -> LipDubModel (import deferred: diff
     dtype = torch.bfloat16 if profile.device.startswith("cuda") else torch.float32
     if profile.lipdub_weights is None:
         return get_resident_random_model(LTX_2_3, profile.device, dtype, RANDOM_WEIGHTS_SEED, profile.fp8_weights)
-    return get_resident_model(profile.lipdub_weights, profile.lipdub_lora, profile.device, dtype, profile.fp8_weights)
+    return get_resident_model(profile.lipdub_weights, profile.lipdub_lora, profile.device, dtype, profile.fp8_weights,
+                              profile.lipdub_checkpoint)

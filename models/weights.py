@@ -56,8 +56,11 @@ class WeightsReport:
         return "\n".join(lines)
 
 
-def check_weights(weights_dir: Path, lora_path: Path | None = None) -> WeightsReport:
-    """Files present, every tensor's name and shape as the configs say, every LoRA key on a module."""
+def check_weights(weights_dir: Path, lora_path: Path | None = None, checkpoint: Path | None = None) -> WeightsReport:
+    """Files present, every tensor's name and shape as the configs say, every LoRA key on a module.
+
+    ``checkpoint``, an official single-file checkpoint, is checked as the transformer it provides.
+    """
     weights_dir = Path(weights_dir)
     lora_path = Path(lora_path) if lora_path is not None else weights_dir / LIPDUB_LORA_FILE
     report = WeightsReport(weights_dir)
@@ -81,6 +84,8 @@ def check_weights(weights_dir: Path, lora_path: Path | None = None) -> WeightsRe
             module = _check_component(weights_dir / name, name, report)
             if name == "transformer":
                 transformer = module
+    if checkpoint is not None and transformer is not None:
+        _check_checkpoint(Path(checkpoint), transformer, report)
     if not lora_path.is_file():
         report.problems.append(f"IC-LoRA {lora_path.name} missing (gated on the hub: {LORA_REPO})")
     elif transformer is not None:
@@ -105,8 +110,6 @@ def _component_class(name: str, weights_dir: Path):
 
 
 def _check_component(directory: Path, name: str, report: WeightsReport) -> torch.nn.Module | None:
-    from safetensors import safe_open
-
     config_file = directory / "config.json"
     files = sorted(directory.glob("*.safetensors"))
     if not config_file.is_file() or not files:
@@ -115,12 +118,29 @@ def _check_component(directory: Path, name: str, report: WeightsReport) -> torch
     cls = _component_class(name, directory)
     with torch.device("meta"):
         module = cls.from_config(cls.load_config(directory))
-    expected = {key: tuple(tensor.shape) for key, tensor in module.state_dict().items()}
-    found: dict[str, tuple[int, ...]] = {}
+    _compare(name, _meta_shapes(module), _header_shapes(files), report)
+    return module
+
+
+def _meta_shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(tensor.shape) for key, tensor in module.state_dict().items()}
+
+
+def _header_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes from safetensors headers: no tensor data is read."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
     for file in files:
         with safe_open(str(file), framework="pt") as handle:
             for key in handle.keys():
-                found[key] = tuple(handle.get_slice(key).get_shape())
+                shapes[key] = tuple(handle.get_slice(key).get_shape())
+    return shapes
+
+
+def _compare(
+    name: str, expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], report: WeightsReport
+) -> None:
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     wrong = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
@@ -133,7 +153,22 @@ def _check_component(directory: Path, name: str, report: WeightsReport) -> torch
         report.problems.append(f"{name}: {len(wrong) - _EXAMPLES} more tensor(s) with the wrong shape")
     if not (missing or unexpected or wrong):
         report.checked.append(f"{name}: {len(found)} tensors ({sum(_numel(s) for s in found.values()):,} values) as configured")
-    return module
+
+
+def _check_checkpoint(checkpoint: Path, transformer: torch.nn.Module, report: WeightsReport) -> None:
+    """The single file's transformer tensors, renamed by diffusers' own conversion, against the config."""
+    from diffusers.loaders.single_file_utils import convert_ltx2_transformer_to_diffusers
+
+    if not checkpoint.is_file():
+        report.problems.append(f"single-file checkpoint {checkpoint} not found")
+        return
+    found = {key: shape for key, shape in _header_shapes([checkpoint]).items()
+             if key.startswith("model.diffusion_model.")}
+    if not found:
+        report.problems.append(f"{checkpoint.name}: no model.diffusion_model.* tensors: not an LTX-2 checkpoint")
+        return
+    converted = convert_ltx2_transformer_to_diffusers(found)
+    _compare(f"{checkpoint.name} (transformer)", _meta_shapes(transformer), converted, report)
 
 
 def _check_lora(lora_path: Path, transformer: torch.nn.Module, report: WeightsReport) -> None:

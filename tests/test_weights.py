@@ -90,3 +90,68 @@ def test_download_without_network_says_so(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(WeightsDownloadError, match="network access to huggingface.co"):
         download_weights(tmp_path / "w")
     assert main(["models", "download", str(tmp_path / "w")]) == 1
+
+
+# Official (ltx-core) names of the transformer tensors: the inverse of diffusers' single-file conversion,
+# so the test can write a checkpoint in the layout Lightricks publishes.
+_OFFICIAL_NAMES = (
+    ("proj_in", "patchify_proj"),
+    ("av_cross_attn_video_scale_shift", "av_ca_video_scale_shift_adaln_single"),
+    ("av_cross_attn_video_a2v_gate", "av_ca_a2v_gate_adaln_single"),
+    ("av_cross_attn_audio_scale_shift", "av_ca_audio_scale_shift_adaln_single"),
+    ("av_cross_attn_audio_v2a_gate", "av_ca_v2a_gate_adaln_single"),
+    ("video_a2v_cross_attn_scale_shift_table", "scale_shift_table_a2v_ca_video"),
+    ("audio_a2v_cross_attn_scale_shift_table", "scale_shift_table_a2v_ca_audio"),
+    ("norm_q", "q_norm"),
+    ("norm_k", "k_norm"),
+)
+
+
+def _official_key(key: str) -> str:
+    for diffusers_name, official in _OFFICIAL_NAMES:
+        key = key.replace(diffusers_name, official)
+    for diffusers_prefix, official in (("time_embed.", "adaln_single."), ("audio_time_embed.", "audio_adaln_single.")):
+        if key.startswith(diffusers_prefix):
+            key = official + key[len(diffusers_prefix):]
+    return f"model.diffusion_model.{key}"
+
+
+def _single_file(weights: Path, target: Path, scale: float = 1.0) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A bundled checkpoint: the (scaled) smoke transformer in the official layout plus the audio VAE."""
+    from diffusers import AutoencoderKLLTX2Audio, LTX2VideoTransformer3DModel
+
+    transformer = LTX2VideoTransformer3DModel.from_pretrained(weights, subfolder="transformer").state_dict()
+    transformer = {k: (v * scale).contiguous() for k, v in transformer.items()}
+    tensors = {_official_key(k): v for k, v in transformer.items()}
+    audio_vae = AutoencoderKLLTX2Audio.from_pretrained(weights, subfolder="audio_vae").state_dict()
+    tensors.update({f"audio_vae.{k}": v.contiguous() for k, v in audio_vae.items()})
+    save_file(tensors, str(target))
+    return target, transformer
+
+
+def test_the_official_single_file_checkpoint_provides_the_transformer(weights: Path, tmp_path: Path) -> None:
+    from dubflow.models.lipdub import LipDubModel
+
+    checkpoint, expected = _single_file(weights, tmp_path / "ltx-2.3-22b-distilled.safetensors", scale=0.5)
+    report = check_weights(weights, checkpoint=checkpoint)
+    assert report.ok, report.render()
+    assert any("ltx-2.3-22b-distilled.safetensors (transformer)" in line for line in report.checked)
+
+    plain = LipDubModel.load(weights, weights / LIPDUB_LORA_FILE)
+    model = LipDubModel.load(weights, weights / LIPDUB_LORA_FILE, checkpoint=checkpoint)
+    assert "ltx-2.3-22b-distilled.safetensors" in model.identity
+    # The checkpoint's (halved) weights are the base the same LoRA is fused into.
+    fused, plain_fused = model.pipe.transformer.state_dict(), plain.pipe.transformer.state_dict()
+    untouched = "transformer_blocks.0.attn1.norm_q.weight"  # no LoRA on norms: the checkpoint value as is
+    torch.testing.assert_close(fused[untouched], expected[untouched])
+    assert not torch.equal(fused[untouched], plain_fused[untouched])
+
+
+def test_a_checkpoint_that_does_not_fit_is_reported(weights: Path, tmp_path: Path) -> None:
+    checkpoint, _ = _single_file(weights, tmp_path / "bad.safetensors")
+    _rewrite(checkpoint, lambda t: t.__setitem__("model.diffusion_model.patchify_proj.weight", torch.zeros(2, 2)))
+    problems = check_weights(weights, checkpoint=checkpoint).problems
+    assert any("proj_in.weight has shape (2, 2)" in p for p in problems), problems
+    empty = tmp_path / "empty.safetensors"
+    save_file({"something.else": torch.zeros(1)}, str(empty))
+    assert any("not an LTX-2 checkpoint" in p for p in check_weights(weights, checkpoint=empty).problems)
