@@ -507,3 +507,24 @@ def test_fp8_weight_storage_keeps_shapes_and_stays_close(smoke_weights: Path, lo
     exact, approx = model.generate(shot, PROMPT, seed=2), fp8.generate(shot, PROMPT, seed=2)
     assert approx.frames.shape == exact.frames.shape and approx.audio.shape == exact.audio.shape
     assert not np.array_equal(approx.frames, exact.frames)  # the weights really changed precision
+
+
+def test_a_shots_languages_share_one_reference_encoding_through_the_task(samples_dir: Path, tmp_path: Path) -> None:
+    """The stage function as the flow calls it, once per (shot, language): the shot is encoded once."""
+    from dubflow.models.profiles import load_lipdub, resolve_profile
+    from dubflow.tasks.lipdub import lipdub_pair
+    from dubflow.tasks.media import probe
+    from dubflow.tasks.validate import validate_manifest
+
+    manifest = validate_manifest(samples_dir / "manifest.csv")
+    shot_id, rows = next((s, [r for r in manifest.rows if r.shot_id == s]) for s in manifest.shots
+                         if sum(r.shot_id == s for r in manifest.rows) >= 3)
+    shot = manifest.shots[shot_id]
+    profile = resolve_profile("smoke")
+    model = load_lipdub(profile)
+    before = model.reference_encodings
+    takes = [lipdub_pair(shot, row, rows, profile, tmp_path) for row in rows]
+    assert model.reference_encodings == before + 1
+    for take in takes:
+        picture = probe(take.picture)
+        assert (picture.frame_count, picture.fps) == (shot.media.frame_count, shot.media.fps)
