@@ -329,13 +329,19 @@ def build_components(
     )
 
 
+def build_components_on_meta(
+    arch: LTX2Architecture, names: tuple[str, ...] = COMPONENT_NAMES, dtype: torch.dtype = torch.bfloat16
+) -> dict[str, torch.nn.Module]:
+    """Components with shapes but no storage (``meta`` device): for counting parameters and FLOPs."""
+    with torch.device("meta"), _default_dtype(dtype):
+        return {name: _build_module(name, getattr(arch, name)) for name in names}
+
+
 def parameter_counts(arch: LTX2Architecture) -> dict[str, int]:
     """Parameters per component (buffers excluded), counted on the ``meta`` device: no memory used."""
-    with torch.device("meta"):
-        return {
-            name: sum(p.numel() for p in _build_module(name, getattr(arch, name)).parameters())
-            for name in COMPONENT_NAMES
-        }
+    return {
+        name: sum(p.numel() for p in module.parameters()) for name, module in build_components_on_meta(arch).items()
+    }
 
 
 def _build_module(name: str, kwargs: dict[str, Any]) -> torch.nn.Module:
