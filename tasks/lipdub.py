@@ -27,7 +27,7 @@ class DubbedTake:
     language: str
     prompt: str
     seed: int
-    picture: Path  # picture only, H.264: the source's frame count, rate and size
+    picture: Path  # lossless picture master (PNG in MOV): the source's frame count, rate and size
     audio: Path  # the model's generated audio at the model's rate
 
 
@@ -67,7 +67,8 @@ def lipdub_pair(
 
     pair_dir = Path(work_dir) / shot.shot_id / row.language
     pair_dir.mkdir(parents=True, exist_ok=True)
-    picture = write_video(pair_dir / "picture.mp4", output.frames, shot.media.fps)
+    # Lossless, so the review copy and the ProRes mezzanine are each one generation from the model.
+    picture = write_video(pair_dir / "picture.mov", output.frames, shot.media.fps, codec="png")
     generated = write_wav(
         pair_dir / "generated.wav",
         AudioTrack(output.audio, output.sample_rate, audio_layout_name(output.audio.shape[0])),

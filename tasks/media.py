@@ -179,14 +179,15 @@ def write_video(
     frames: Iterable[np.ndarray],
     fps: Fraction,
     audio_tracks: Sequence[AudioTrack] = (),
-    codec: Literal["h264", "prores"] = "h264",
+    codec: Literal["h264", "prores", "png"] = "h264",
     crf: int = 18,
 ) -> Path:
     """Encode RGB frames at an exact rate and mux audio tracks beside them.
 
     The container follows the suffix: `.mp4` carries AAC (review copies), `.mov` carries 24-bit
-    PCM (locked picture, ProRes 422 HQ mezzanine). Every frame given is written with pts = its
-    index, so the file probes back with exactly as many frames as were given, at exactly `fps`.
+    PCM (locked picture, ProRes 422 HQ mezzanine, PNG lossless masters). Every frame given is
+    written with pts = its index, so the file probes back with exactly as many frames as were
+    given, at exactly `fps`. `png` keeps every RGB value: the master later encodes derive from.
     """
     path = Path(path)
     frames = iter(frames)
@@ -195,18 +196,21 @@ def write_video(
         raise MediaError(f"{path}: no frames to encode")
     height, width = first.shape[:2]
     suffix = path.suffix.lower()
-    if suffix not in (".mp4", ".mov") or (codec == "prores" and suffix != ".mov"):
-        raise MediaError(f"{path}: write .mp4 (H.264) or .mov (H.264 or ProRes)")
+    if suffix not in (".mp4", ".mov") or (codec != "h264" and suffix != ".mov"):
+        raise MediaError(f"{path}: write .mp4 (H.264) or .mov (H.264, ProRes or PNG)")
     audio_codec = "aac" if suffix == ".mp4" else "pcm_s24le"
     with av.open(str(path), "w", format=suffix[1:]) as container:
         if codec == "h264":
             video = container.add_stream("libx264", rate=fps)
             video.pix_fmt = "yuv420p"
             video.options = {"crf": str(crf), "preset": "fast"}
-        else:
+        elif codec == "prores":
             video = container.add_stream("prores_ks", rate=fps)
             video.pix_fmt = "yuv422p10le"
             video.options = {"profile": "3"}  # 422 HQ
+        else:
+            video = container.add_stream("png", rate=fps)
+            video.pix_fmt = "rgb24"
         video.width, video.height = width, height
         audio_streams = [
             container.add_stream(audio_codec, rate=track.sample_rate, layout=track.layout)

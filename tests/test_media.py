@@ -31,7 +31,7 @@ def test_probe_is_exact_on_every_sample_shot(samples_dir: Path, shot) -> None:
 
 
 @pytest.mark.parametrize("fps", [Fraction(24000, 1001), Fraction(30000, 1001), Fraction(24), Fraction(25)])
-@pytest.mark.parametrize(("suffix", "codec"), [(".mp4", "h264"), (".mov", "h264"), (".mov", "prores")])
+@pytest.mark.parametrize(("suffix", "codec"), [(".mp4", "h264"), (".mov", "h264"), (".mov", "prores"), (".mov", "png")])
 def test_frame_exact_round_trip(tmp_path: Path, fps: Fraction, suffix: str, codec: str) -> None:
     frames = [np.full((64, 96, 3), 4 * i, np.uint8) for i in range(37)]
     path = write_video(tmp_path / f"clip{suffix}", frames, fps, codec=codec)
@@ -40,6 +40,14 @@ def test_frame_exact_round_trip(tmp_path: Path, fps: Fraction, suffix: str, code
     decoded = read_frames(path)
     # lossy codecs: the order of frames survives (each frame is a distinct flat grey)
     assert np.all(np.diff(decoded[:, 32, 48, 0].astype(int)) > 0)
+
+
+@pytest.mark.parametrize("fps", [Fraction(24000, 1001), Fraction(25)])
+def test_png_master_is_lossless(tmp_path: Path, fps: Fraction) -> None:
+    frames = np.random.default_rng(3).integers(0, 256, (9, 48, 70, 3), dtype=np.uint8)
+    path = write_video(tmp_path / "master.mov", frames, fps, codec="png")
+    assert (probe(path).frame_count, probe(path).fps) == (9, fps)
+    np.testing.assert_array_equal(read_frames(path), frames)
 
 
 @pytest.mark.parametrize(("layout", "channels"), [("mono", 1), ("stereo", 2), ("5.1", 6)])

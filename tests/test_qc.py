@@ -49,7 +49,7 @@ def _stand_in_take(samples_dir: Path, shot, language: str, work: Path) -> Dubbed
     """The source picture re-encoded as LipDub writes it, and 'generated' speech with ambience."""
     pair_dir = work / shot.shot_id / language
     pair_dir.mkdir(parents=True)
-    picture = write_video(pair_dir / "picture.mp4", read_frames(shot.source), shot.media.fps)
+    picture = write_video(pair_dir / "picture.mov", read_frames(shot.source), shot.media.fps, codec="png")
     known, rate = read_audio(samples_dir / "stems" / f"{shot.shot_id}_dialogue.wav")
     voice = known.sum(axis=0) / np.sqrt(np.count_nonzero(known.any(axis=1)))
     voice = signal.resample_poly(voice, GENERATED_RATE, rate)
