@@ -23,21 +23,18 @@ def encode_deliverable(picture: Path, mix: Path, out: Path, codec: Literal["h264
     return write_video(out, iter_frames(picture), probe(picture).fps, [read_track(mix)], codec=codec)
 
 
-def mux_pair(take: DubbedTake, remixed: RemixedPair) -> Path:
-    return encode_deliverable(take.picture, remixed.mix, take.picture.with_name(f"{take.shot_id}_{take.language}.mp4"),
-                              "h264")
+def mux_pair(take: DubbedTake, remixed: RemixedPair, codec: Literal["h264", "prores"] = "h264") -> Path:
+    """`<shot>_<lang>.mp4` (review copy) or, for ProRes, `<shot>_<lang>.mov` (mezzanine) beside the master."""
+    suffix = ".mp4" if codec == "h264" else ".mov"
+    out = take.picture.with_name(f"{take.shot_id}_{take.language}{suffix}")
+    return encode_deliverable(take.picture, remixed.mix, out, codec)
 
 
 @task(name="mux", cache_policy=NO_CACHE, task_run_name="mux {take.shot_id} {take.language}")
 def mux_pair_task(take: DubbedTake, remixed: RemixedPair) -> Path:
-    return mux_pair(take, remixed)
-
-
-def mezzanine_pair(take: DubbedTake, remixed: RemixedPair) -> Path:
-    return encode_deliverable(take.picture, remixed.mix, take.picture.with_name(f"{take.shot_id}_{take.language}.mov"),
-                              "prores")
+    return mux_pair(take, remixed, "h264")
 
 
 @task(name="mezzanine", cache_policy=NO_CACHE, task_run_name="mezzanine {take.shot_id} {take.language}")
 def mezzanine_pair_task(take: DubbedTake, remixed: RemixedPair) -> Path:
-    return mezzanine_pair(take, remixed)
+    return mux_pair(take, remixed, "prores")
