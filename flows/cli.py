@@ -21,13 +21,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     validate = commands.add_parser("validate", help="check a manifest and its pictures; exit 0 if valid, 1 if not")
     validate.add_argument("manifest", type=Path)
     validate.add_argument("--languages", type=_language_list, default=None, help="comma-separated subset, e.g. fr,de")
+    _endpoint_option(validate)
 
     run = commands.add_parser("run", help="localize every (shot, language) of a manifest")
     run.add_argument("manifest", type=Path)
-    run.add_argument("--out", type=Path, required=True, help="delivery directory")
+    run.add_argument("--out", required=True, help="delivery folder, or s3://bucket/prefix")
     run.add_argument("--languages", type=_language_list, default=None, help="comma-separated subset, e.g. fr,de")
     run.add_argument("--profile", default="smoke", help="model profile: smoke | ltx-2.3 | ltx-2.3-random (default: smoke)")
     run.add_argument("--run-id", default=None, help="name of the delivery folder (default: UTC timestamp)")
+    _endpoint_option(run)
     _delivery_options(run)
     run.add_argument("--separator-model", default=None,
                      help="Demucs model or bag name (default: the profile's, htdemucs on ltx-2.3; $DUBFLOW_DEMUCS_MODEL)")
@@ -59,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "validate":
         try:
-            manifest = validate_manifest(args.manifest, args.languages)
+            manifest = validate_manifest(args.manifest, args.languages, args.endpoint_url)
         except ManifestError as exc:
             print(exc, file=sys.stderr)
             return 1
@@ -67,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "run":
         separator = {f"separator_{key}": getattr(args, f"separator_{key}") for key in ("model", "repo", "device", "shifts")}
-        return _run(args.manifest, args.out, args.languages, args.profile, args.run_id, **_delivery(args), **separator)
+        return _run(args.manifest, args.out, args.languages, args.profile, args.run_id, endpoint_url=args.endpoint_url,
+                    **_delivery(args), **separator)
     if args.command == "models":
         return _models(args)
     if args.command == "demo":
@@ -96,7 +99,7 @@ def _sample(directory: Path) -> Path:
     return generate_samples(directory)
 
 
-def _run(manifest: Path, out: Path, languages: list[str] | None, profile: str, run_id: str | None,
+def _run(manifest: Path, out: str | Path, languages: list[str] | None, profile: str, run_id: str | None,
          **options: object) -> int:
     from dubflow.flows.localize import run_localization
 
@@ -115,6 +118,21 @@ def _delivery_options(parser: argparse.ArgumentParser) -> None:
 
 def _delivery(args: argparse.Namespace) -> dict[str, object]:
     return {"loudness": args.loudness, "allow_qc_warnings": args.allow_qc_warnings, "prores": args.prores}
+
+
+def _endpoint_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--endpoint-url", type=_endpoint_url, default=None,
+                        help="S3-compatible store for s3:// sources and --out (default: $AWS_ENDPOINT_URL, else AWS); "
+                             "credentials come from the standard AWS chain")
+
+
+def _endpoint_url(text: str) -> str:
+    from dubflow.tasks.storage import check_endpoint_url
+
+    try:
+        return check_endpoint_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _loudness(text: str) -> str:

@@ -24,7 +24,7 @@ from dubflow.tasks.audio import LoudnessProfile, LoudnessProfileError, parse_lou
 from dubflow.tasks.files import sha256_file
 from dubflow.tasks.lipdub import lipdub_pair_task
 from dubflow.tasks.mux import mezzanine_pair_task, mux_pair_task
-from dubflow.tasks.publish import DeliveryFile, PairOutcome, publish_task
+from dubflow.tasks.publish import DeliveryFile, InvalidDestinationError, PairOutcome, open_destination, publish_task
 from dubflow.tasks.qc import qc_pair_task
 from dubflow.tasks.remix import remix_pair_task
 from dubflow.tasks.separate import separate_shot_task, separator_spec
@@ -37,7 +37,7 @@ VERSIONED_PACKAGES = ("dubflow", "torch", "diffusers", "transformers", "peft", "
 
 @dataclass(frozen=True)
 class RunSummary:
-    run_dir: Path
+    run_dir: str  # a local path or s3://bucket/prefix/run-id
     outcomes: tuple[PairOutcome, ...]
     notice: str | None
 
@@ -51,7 +51,7 @@ class RunSummary:
             lines.append(f"{o.shot_id:<16} {o.language:<6} {o.status:<10} {o.seconds:>8.1f}  {o.reason or ''}")
         delivered = len(self.outcomes) - len(self.failed)
         lines.append(f"{delivered} of {len(self.outcomes)} pairs delivered to {self.run_dir}")
-        lines.append(f"delivery manifest: {self.run_dir / 'delivery.json'}")
+        lines.append(f"delivery manifest: {self.run_dir}/delivery.json")
         if self.notice:
             lines.append(self.notice)
         return "\n".join(lines)
@@ -77,7 +77,7 @@ class PairChain:
 @flow(name="localize", task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=True)
 def localize(
     manifest: Path,
-    out: Path,
+    out: str | Path,
     languages: list[str] | None = None,
     profile: str = "smoke",
     run_id: str | None = None,
@@ -88,20 +88,23 @@ def localize(
     separator_repo: Path | None = None,
     separator_device: str | None = None,
     separator_shifts: int | None = None,
+    endpoint_url: str | None = None,
 ) -> RunSummary:
     """`loudness`: a profile name or custom target (see `parse_loudness_profile`); `allow_qc_warnings`
     delivers pairs whose QC failed with the failures recorded; `prores` adds the ProRes 422 HQ
-    mezzanine; `separator_*` override the model profile's Demucs model, folder, device and shifts."""
+    mezzanine; `separator_*` override the model profile's Demucs model, folder, device and shifts.
+    `out` is a folder or s3://bucket/prefix; `endpoint_url` names an S3-compatible store for it and
+    for s3:// sources (default: AWS_ENDPOINT_URL, else AWS)."""
     loudness_profile = parse_loudness_profile(loudness)
-    validated = validate_manifest(manifest, languages)
+    destination = open_destination(out, endpoint_url)  # a bad --out fails now, not after the GPU work
+    validated = validate_manifest(manifest, languages, endpoint_url)
     model_profile = resolve_profile(profile)
     separator = separator_spec(model_profile, separator_model, separator_repo, separator_device, separator_shifts)
     if model_profile.notice:
         print(model_profile.notice)
     print(f"loudness profile {loudness_profile.describe()}")
     run_id = run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = Path(out)
-    work_dir = out / f".{run_id}.work"
+    work_dir = destination.work_dir(run_id)
 
     separated = {
         shot_id: separate_shot_task.submit(shot, separator, work_dir) for shot_id, shot in validated.shots.items()
@@ -125,14 +128,14 @@ def localize(
     wait([future for chain in chains for future in chain.stages.values()])
 
     outcomes, files = collect(chains)
-    run_dir = publish_task(out, run_id, files, outcomes,
-                           run_info(validated.path, model_profile, separator, loudness_profile))
+    run_dir = publish_task(destination, run_id, files, outcomes,
+                           run_info(validated.path, model_profile, separator, loudness_profile)).location
     summary = RunSummary(run_dir, tuple(outcomes), model_profile.notice)
     create_table_artifact(
         key="localization-summary",
         table=[
             {"shot": o.shot_id, "language": o.language, "status": o.status, "seconds": round(o.seconds, 2),
-             "output": str(run_dir / o.shot_id / o.language) if o.status == "delivered" else "", "reason": o.reason or ""}
+             "output": f"{run_dir}/{o.shot_id}/{o.language}" if o.status == "delivered" else "", "reason": o.reason or ""}
             for o in outcomes
         ],
         description=f"dubflow run {run_id} ({model_profile.name} profile)"
@@ -222,14 +225,14 @@ def run_info(manifest_path: Path, profile: ModelProfile, separator: SeparatorSpe
 
 def run_localization(
     manifest: Path,
-    out: Path,
+    out: str | Path,
     languages: list[str] | None = None,
     profile_name: str = "smoke",
     run_id: str | None = None,
     **options: object,
 ) -> int:
     """Run the flow and map its end to the CLI's exit codes: 0 delivered, 1 pairs failed, 2 bad input.
-    `options` are the flow's other parameters (loudness, allow_qc_warnings, prores, separator_*)."""
+    `options` are the flow's other parameters (loudness, allow_qc_warnings, prores, separator_*, endpoint_url)."""
     state = localize(manifest, out, languages, profile_name, run_id, **options, return_state=True)
     result = state.result(raise_on_failure=False)
     if state.is_completed():
@@ -237,7 +240,7 @@ def run_localization(
     if isinstance(result, PairsFailedError):
         print(result.summary.report(), file=sys.stderr)
         return EXIT_PAIRS_FAILED
-    if isinstance(result, (ManifestError, ProfileError, LoudnessProfileError)):
+    if isinstance(result, (ManifestError, ProfileError, LoudnessProfileError, InvalidDestinationError)):
         print(result, file=sys.stderr)
         return EXIT_INVALID_INPUT
     print(f"run failed: {result}", file=sys.stderr)

@@ -54,7 +54,7 @@ class ManifestError(Exception):
 class ManifestRow:
     row: int
     shot_id: str
-    source: str  # as written; resolved against the manifest's folder by `resolve_source`
+    source: str  # as written: a path (resolved by `resolve_source`) or an s3://bucket/key URI
     lock_sha256: str | None
     language: str  # canonical BCP-47 form, e.g. "pt-BR"
     script: str
@@ -93,6 +93,13 @@ def resolve_source(manifest_path: Path, source: str) -> Path:
     """Relative sources resolve against the manifest's folder, not the working directory."""
     candidate = Path(source).expanduser()
     return candidate if candidate.is_absolute() else (Path(manifest_path).parent / candidate).resolve()
+
+
+def _shown(source: str) -> str:
+    """A source as messages may show it: a URL's query string (where presigned URLs keep their
+    signature) is never repeated."""
+    head, query, _ = source.partition("?")
+    return f"{head}?…" if query else head
 
 
 def parse_manifest(path: Path) -> tuple[list[ManifestRow], list[Problem]]:
@@ -144,7 +151,9 @@ def parse_manifest(path: Path) -> tuple[list[ManifestRow], list[Problem]]:
 
         source = cell["source"].strip()
         if not source:
-            row_problems.append(Problem(index, "source", "source is empty", "give the path of the locked picture"))
+            row_problems.append(
+                Problem(index, "source", "source is empty", "give the path or s3://bucket/key of the locked picture")
+            )
 
         lock = cell["lock_sha256"].strip().lower()
         if lock and not SHA256_PATTERN.fullmatch(lock):
@@ -159,7 +168,8 @@ def parse_manifest(path: Path) -> tuple[list[ManifestRow], list[Problem]]:
                     Problem(
                         index,
                         "source",
-                        f"shot {shot_id!r} has source {source!r} here but {first_source!r} in row {first_row}",
+                        f"shot {shot_id!r} has source {_shown(source)!r} here but {_shown(first_source)!r} "
+                        f"in row {first_row}",
                         "one shot_id names one locked picture; fix the source or use another shot_id",
                     )
                 )

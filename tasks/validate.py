@@ -1,4 +1,9 @@
-"""Validate a manifest up front: table rules plus the files themselves, every problem at once."""
+"""Validate a manifest up front: table rules plus the files themselves, every problem at once.
+
+A source may be a local path or `s3://bucket/key`; an S3 picture is fetched once into the
+content-addressed cache (`$DUBFLOW_CACHE/sources/<sha256>`) and from then on treated like a local
+file, so every later stage reads local paths.
+"""
 
 from __future__ import annotations
 
@@ -17,14 +22,25 @@ from dubflow.manifests.schema import (
 )
 from dubflow.tasks.files import sha256_file
 from dubflow.tasks.media import MediaError, MediaInfo, probe
+from dubflow.tasks.storage import (
+    S3UriError,
+    StorageError,
+    FetchedSource,
+    fetch_source,
+    is_s3_uri,
+    looks_like_url,
+    parse_s3_uri,
+    s3_client,
+)
 
 
 @dataclass(frozen=True)
 class Shot:
     shot_id: str
-    source: Path
+    source: Path  # a local file: the picture itself, or its copy in the source cache
     sha256: str
     media: MediaInfo
+    origin: str  # where the manifest says the picture is: a resolved local path or an s3:// URI
 
 
 @dataclass(frozen=True)
@@ -42,10 +58,14 @@ class Manifest:
         return sum((shot.media.duration for shot in self.shots.values()), Fraction(0))
 
 
-def validate_manifest(path: Path, languages: Sequence[str] | None = None) -> Manifest:
+def validate_manifest(
+    path: Path, languages: Sequence[str] | None = None, endpoint_url: str | None = None
+) -> Manifest:
     """Return the validated manifest, or raise ManifestError listing every problem found.
 
     `languages` keeps only those target languages (each must be a valid tag present in the manifest).
+    `endpoint_url` is the S3-compatible store that serves `s3://` sources (default: boto3's own
+    `AWS_ENDPOINT_URL`, else AWS).
     """
     path = Path(path)
     if not path.is_file():
@@ -72,36 +92,83 @@ def validate_manifest(path: Path, languages: Sequence[str] | None = None) -> Man
 
     shots: dict[str, Shot] = {}
     checked: set[str] = set()
+    s3_sources = _S3Sources(endpoint_url)
     for row in rows:
         if row.shot_id in checked:
             continue
         checked.add(row.shot_id)
-        source = resolve_source(path, row.source)
-        if not source.is_file():
-            problems.append(
-                Problem(row.row, "source", f"{source} does not exist", "fix the path (relative paths start at the manifest's folder)")
-            )
+        if is_s3_uri(row.source):
+            fetched = s3_sources.fetch(row)
+            if isinstance(fetched, Problem):
+                problems.append(fetched)
+                continue
+            source, digest, origin = fetched.path, fetched.sha256, row.source
+        elif looks_like_url(row.source):
+            # Not echoed: an https URL may be presigned, and its signature must not reach any output.
+            problems.append(Problem(row.row, "source", "URL sources other than s3:// are not supported",
+                                    "give a local path or s3://bucket/key"))
             continue
+        else:
+            source = resolve_source(path, row.source)
+            if not source.is_file():
+                problems.append(
+                    Problem(row.row, "source", f"{source} does not exist",
+                            "fix the path (relative paths start at the manifest's folder)")
+                )
+                continue
+            digest, origin = None, str(source)
         try:
             media = probe(source)
         except MediaError as exc:
-            problems.append(Problem(row.row, "source", f"unreadable media: {exc}", "re-export the locked picture"))
+            # Name the picture as the manifest does, not by its copy in the source cache.
+            problems.append(Problem(row.row, "source", f"unreadable media: {str(exc).replace(str(source), origin)}",
+                                    "re-export the locked picture"))
             continue
-        digest = sha256_file(source)
+        digest = digest or sha256_file(source)
         lock = next((r.lock_sha256 for r in rows if r.shot_id == row.shot_id and r.lock_sha256), None)
         if lock and lock != digest:
             problems.append(
                 Problem(
                     row.row,
                     "lock_sha256",
-                    f"picture hash {digest} does not match the lock {lock}",
+                    f"picture hash {digest} of {origin} does not match the lock {lock}",
                     "the picture changed after lock: re-lock it or restore the locked file",
                 )
             )
             continue
-        shots[row.shot_id] = Shot(row.shot_id, source, digest, media)
+        shots[row.shot_id] = Shot(row.shot_id, source, digest, media, origin)
 
     if problems:
         raise ManifestError(path, problems)
     kept = tuple(row for row in rows if wanted is None or row.language in wanted)
     return Manifest(path=path, shots={sid: shots[sid] for sid in dict.fromkeys(r.shot_id for r in kept)}, rows=kept)
+
+
+class _S3Sources:
+    """Fetches the S3 sources of one validation with one client, made on first use. After a failure
+    that every request would hit (endpoint unreachable, credentials missing or rejected), the
+    remaining S3 rows are reported against it instead of each waiting out its own retries."""
+
+    def __init__(self, endpoint_url: str | None):
+        self.endpoint_url = endpoint_url
+        self.client = None
+        self.endpoint_failure: tuple[int, StorageError] | None = None
+
+    def fetch(self, row: ManifestRow) -> FetchedSource | Problem:
+        try:
+            uri = parse_s3_uri(row.source)
+        except S3UriError as exc:
+            return Problem(row.row, "source", f"not a usable S3 URI: {exc}", "write it as s3://bucket/key")
+        if self.endpoint_failure is not None:
+            first_row, error = self.endpoint_failure
+            return Problem(row.row, "source", f"{uri} not checked: {error.what} (row {first_row})", error.hint)
+        if self.client is None:
+            self.client = s3_client(self.endpoint_url)
+        from dubflow.models.profiles import cache_dir  # imports torch: only manifests with S3 sources pay for it
+
+        try:
+            return fetch_source(self.client, uri, cache_dir())
+        except StorageError as exc:
+            if exc.endpoint_wide:
+                self.endpoint_failure = (row.row, exc)
+            return Problem(row.row, "source", exc.what, exc.hint)

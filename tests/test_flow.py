@@ -17,7 +17,6 @@ import webvtt
 from scipy import signal
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.testing.utilities import prefect_test_harness
 
 from dubflow.flows.cli import main
 from dubflow.flows.localize import PairsFailedError, localize
@@ -26,12 +25,6 @@ from dubflow.tasks.files import sha256_file
 from dubflow.tasks.media import probe, read_audio, write_video
 
 SILENT_SHOT = "sc09_silent"
-
-
-@pytest.fixture(scope="session")
-def prefect_server():
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
 
 
 @pytest.fixture(scope="module")
