@@ -20,7 +20,6 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from dubflow.flows.cli import main
 from dubflow.flows.localize import PairsFailedError, localize
-from dubflow.manifests.schema import ManifestError
 from dubflow.tasks.files import sha256_file
 from dubflow.tasks.media import probe, read_audio, write_video
 

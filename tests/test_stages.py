@@ -12,7 +12,7 @@ import pytest
 
 from dubflow.tasks.audio import integrated_loudness, limit_true_peak, picture_samples, true_peak_dbtp
 from dubflow.tasks.files import sha256_file
-from dubflow.tasks.media import AudioTrack, quantize_pcm24, write_wav
+from dubflow.tasks.media import quantize_pcm24
 from dubflow.tasks.publish import DeliveryFile, PairOutcome, publish_local
 from dubflow.tasks.remix import overlay, place_dialogue
 
