@@ -57,11 +57,16 @@ __all__ = [
     "LipDubLoadError",
     "LipDubModel",
     "LipDubOutput",
+    "NoVoiceReferenceError",
     "PreparedShot",
     "SourceShot",
     "build_prompt",
+    "build_random_model",
     "build_smoke_weights",
+    "fuse_lora",
     "get_resident_model",
+    "get_resident_random_model",
+    "random_ic_lora",
     "read_reference_downscale_factor",
 ]
 
@@ -72,14 +77,16 @@ DEFAULT_SPEAKER = "A person"
 REFERENCE_DOWNSCALE_KEY = "reference_downscale_factor"
 # Upstream pads prompts to 1024 Gemma tokens; a tokenizer may declare a shorter window (the smoke one does).
 MAX_PROMPT_TOKENS = 1024
-# Generation windows: 257 frames (about 10 s) is the longest clip the distilled LTX-2 recipes run in
-# one pass; the overlap is one latent frame short of three, enough for a cross-fade nobody sees.
+# Generation windows: 257 frames (about 10 s at 25 fps) per pass, a conservative length for the
+# distilled two-stage recipe (change it on the model for other trade-offs); the overlap is three
+# latent frames, the cross-fade between neighbouring windows.
 DEFAULT_WINDOW_FRAMES = 257
 DEFAULT_WINDOW_OVERLAP = 24
 # Prepared shots (reference encodings) kept per model: a shot's languages usually run back to back.
 _PREPARED_CACHE = 4
-GPU_RESERVE_BYTES = 24 * 2**30
 _PROMPT_CACHE = 256
+# GPU memory a clip's sampling and decoding may need beyond the weights (1080p, 121 frames, tiled VAE).
+GPU_RESERVE_BYTES = 24 * 2**30
 # Frames per float resize: bounds the float32 working set at full HD to a few hundred MB.
 _RESIZE_CHUNK = 16
 
@@ -190,7 +197,6 @@ class LipDubModel:
         self.window_frames = window_frames
         self.window_overlap = window_overlap
         self.reference_encodings = 0  # prepared shots actually encoded (not served from the cache)
-        # GPU memory a clip's sampling and decoding may need beyond the weights (1080p, 121 frames, tiled VAE).
         self.gpu_reserve_bytes = GPU_RESERVE_BYTES
         self._text_encoder_host: dict[str, torch.Tensor] | None = None
         self._prepared: OrderedDict[tuple, PreparedShot] = OrderedDict()
