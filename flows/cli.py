@@ -29,6 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--languages", type=_language_list, default=None, help="comma-separated subset, e.g. fr,de")
     run.add_argument("--profile", default="smoke", help="model profile: smoke | ltx-2.3 | ltx-2.3-random (default: smoke)")
     run.add_argument("--run-id", default=None, help="name of the delivery folder (default: UTC timestamp)")
+    run.add_argument("--force", action="store_true",
+                     help="compute every stage again instead of reusing stored results ($DUBFLOW_CACHE/work)")
     _endpoint_option(run)
     _delivery_options(run)
     run.add_argument("--separator-model", default=None,
@@ -70,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         separator = {f"separator_{key}": getattr(args, f"separator_{key}") for key in ("model", "repo", "device", "shifts")}
         return _run(args.manifest, args.out, args.languages, args.profile, args.run_id, endpoint_url=args.endpoint_url,
-                    **_delivery(args), **separator)
+                    force=args.force, **_delivery(args), **separator)
     if args.command == "models":
         return _models(args)
     if args.command == "demo":

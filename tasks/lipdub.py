@@ -12,10 +12,15 @@ from prefect.cache_policies import NO_CACHE
 
 from dubflow.manifests.schema import ManifestRow, language_name
 from dubflow.models.lipdub import SourceShot, build_prompt
-from dubflow.models.profiles import ModelProfile, load_lipdub
+from dubflow.models.ltx2_architectures import LTX_2_3
+from dubflow.models.profiles import RANDOM_WEIGHTS_SEED, ModelProfile, load_lipdub
+from dubflow.tasks.files import sha256_file
 from dubflow.tasks.media import AudioTrack, MediaError, audio_layout_name, read_audio, read_frames, write_video, write_wav
 from dubflow.tasks.separate import require_audio_track
+from dubflow.tasks.stage_cache import StageCache, stage_key
 from dubflow.tasks.validate import Shot
+
+LIPDUB_VERSION = 1  # bump when the stage's output changes for the same inputs
 
 # FFmpeg channel order puts the front centre third (FL FR FC ...): where film dialogue lives.
 _CENTRE_CHANNEL = 2
@@ -49,8 +54,33 @@ def voice_reference(audio: np.ndarray, layout: str) -> np.ndarray:
     raise MediaError(f"no voice reference rule for a {layout} soundtrack; deliver stereo or 5.1")
 
 
+def lipdub_identity(profile: ModelProfile) -> dict:
+    """The LipDub model and LoRA by what makes them what they are, read from the profile without
+    loading the model: the weights by name, the LoRA by content, or the random architecture's seed."""
+    if profile.lipdub_weights is None:
+        return {"architecture": LTX_2_3.name, "random_seed": RANDOM_WEIGHTS_SEED}
+    return {
+        "weights": profile.lipdub_weights.name,
+        "checkpoint": profile.lipdub_checkpoint.name if profile.lipdub_checkpoint else None,
+        "lora": profile.lipdub_lora.name,
+        "lora_sha256": sha256_file(profile.lipdub_lora),
+    }
+
+
+def lipdub_key(shot: Shot, row: ManifestRow, profile: ModelProfile, model_identity: dict) -> str:
+    """`model_identity`: `lipdub_identity(profile)`, computed once per run (it hashes the LoRA)."""
+    return stage_key(
+        # The shot id too: it is in the result and in every downstream file name.
+        "lipdub", LIPDUB_VERSION, shot_id=shot.shot_id, picture=shot.sha256,
+        script=row.script, speaker=row.speaker, language=row.language, seed=pair_seed(shot, row.language),
+        model=model_identity,
+        # How the model runs changes its numbers: device (and with it the dtype), float8 weights, height cap.
+        device=profile.device, fp8_weights=profile.fp8_weights, max_height=profile.max_height,
+    )
+
+
 def lipdub_pair(
-    shot: Shot, row: ManifestRow, shot_rows: list[ManifestRow], profile: ModelProfile, work_dir: Path
+    shot: Shot, row: ManifestRow, shot_rows: list[ManifestRow], profile: ModelProfile, out_dir: Path
 ) -> DubbedTake:
     """``shot_rows`` are all of the shot's rows: their prompts are text-encoded in one batch, once."""
     require_audio_track(shot)
@@ -65,7 +95,7 @@ def lipdub_pair(
     prompt, seed = row_prompt(row), pair_seed(shot, row.language)
     output = model.dub(prepared, prompt, seed)
 
-    pair_dir = Path(work_dir) / shot.shot_id / row.language
+    pair_dir = Path(out_dir)
     pair_dir.mkdir(parents=True, exist_ok=True)
     # Lossless, so the review copy and the ProRes mezzanine are each one generation from the model.
     picture = write_video(pair_dir / "picture.mov", output.frames, shot.media.fps, codec="png")
@@ -78,6 +108,6 @@ def lipdub_pair(
 
 @task(name="lipdub", cache_policy=NO_CACHE, task_run_name="lipdub {row.shot_id} {row.language}")
 def lipdub_pair_task(
-    shot: Shot, row: ManifestRow, shot_rows: list[ManifestRow], profile: ModelProfile, work_dir: Path
+    shot: Shot, row: ManifestRow, shot_rows: list[ManifestRow], profile: ModelProfile, cache: StageCache, key: str
 ) -> DubbedTake:
-    return lipdub_pair(shot, row, shot_rows, profile, work_dir)
+    return cache.result("lipdub", key, DubbedTake, lambda out_dir: lipdub_pair(shot, row, shot_rows, profile, out_dir))

@@ -16,6 +16,10 @@ from prefect.cache_policies import NO_CACHE
 from dubflow.tasks.lipdub import DubbedTake
 from dubflow.tasks.media import iter_frames, probe, read_track, write_video
 from dubflow.tasks.remix import RemixedPair
+from dubflow.tasks.stage_cache import StageCache, stage_key
+
+MUX_VERSION = 1  # bump when the stage's output changes for the same inputs
+MUX_STAGES = {"h264": "mux", "prores": "mezzanine"}  # cache stage (and task) name per codec
 
 
 def encode_deliverable(picture: Path, mix: Path, out: Path, codec: Literal["h264", "prores"]) -> Path:
@@ -23,18 +27,27 @@ def encode_deliverable(picture: Path, mix: Path, out: Path, codec: Literal["h264
     return write_video(out, iter_frames(picture), probe(picture).fps, [read_track(mix)], codec=codec)
 
 
-def mux_pair(take: DubbedTake, remixed: RemixedPair, codec: Literal["h264", "prores"] = "h264") -> Path:
-    """`<shot>_<lang>.mp4` (review copy) or, for ProRes, `<shot>_<lang>.mov` (mezzanine) beside the master."""
+def mux_key(codec: Literal["h264", "prores"], lipdub_key: str, remix_key: str) -> str:
+    return stage_key(MUX_STAGES[codec], MUX_VERSION, lipdub=lipdub_key, remix=remix_key)
+
+
+def mux_pair(take: DubbedTake, remixed: RemixedPair, out_dir: Path, codec: Literal["h264", "prores"] = "h264") -> Path:
+    """`<shot>_<lang>.mp4` (review copy) or, for ProRes, `<shot>_<lang>.mov` (mezzanine) in `out_dir`."""
     suffix = ".mp4" if codec == "h264" else ".mov"
-    out = take.picture.with_name(f"{take.shot_id}_{take.language}{suffix}")
+    out = Path(out_dir) / f"{take.shot_id}_{take.language}{suffix}"
     return encode_deliverable(take.picture, remixed.mix, out, codec)
 
 
+def _cached_mux(take: DubbedTake, remixed: RemixedPair, codec: Literal["h264", "prores"], cache: StageCache,
+                key: str) -> Path:
+    return cache.result(MUX_STAGES[codec], key, Path, lambda out_dir: mux_pair(take, remixed, out_dir, codec))
+
+
 @task(name="mux", cache_policy=NO_CACHE, task_run_name="mux {take.shot_id} {take.language}")
-def mux_pair_task(take: DubbedTake, remixed: RemixedPair) -> Path:
-    return mux_pair(take, remixed, "h264")
+def mux_pair_task(take: DubbedTake, remixed: RemixedPair, cache: StageCache, key: str) -> Path:
+    return _cached_mux(take, remixed, "h264", cache, key)
 
 
 @task(name="mezzanine", cache_policy=NO_CACHE, task_run_name="mezzanine {take.shot_id} {take.language}")
-def mezzanine_pair_task(take: DubbedTake, remixed: RemixedPair) -> Path:
-    return mux_pair(take, remixed, "prores")
+def mezzanine_pair_task(take: DubbedTake, remixed: RemixedPair, cache: StageCache, key: str) -> Path:
+    return _cached_mux(take, remixed, "prores", cache, key)

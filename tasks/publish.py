@@ -95,18 +95,13 @@ class Destination:
     s3: S3Uri | None = None
     endpoint_url: str | None = None
 
-    def work_dir(self, run_id: str) -> Path:
-        """Where the stages write intermediates for `run_id`: always local, as they read and write
-        files; beside a local delivery, in `$DUBFLOW_CACHE/work/` for an S3 one."""
-        try:
-            check_name(run_id)
-        except ValueError as exc:
-            raise InvalidDestinationError(f"run id: {exc}", "choose another --run-id") from None
-        if self.folder is not None:
-            return self.folder / f".{run_id}.work"
-        from dubflow.models.profiles import cache_dir  # imports torch: only runs that deliver need it
 
-        return cache_dir() / "work" / run_id
+def check_run_id(run_id: str) -> str:
+    """`run_id` names the delivery folder: checked before any work starts."""
+    try:
+        return check_name(run_id)
+    except ValueError as exc:
+        raise InvalidDestinationError(f"run id: {exc}", "choose another --run-id") from None
 
 
 def open_destination(out: str | Path, endpoint_url: str | None = None) -> Destination:

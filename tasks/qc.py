@@ -42,6 +42,7 @@ from dubflow.tasks.files import atomic_write_bytes
 from dubflow.tasks.media import DELIVERY_SAMPLE_RATE, PCM24_MAX, probe, read_audio
 from dubflow.tasks.remix import RemixedPair
 from dubflow.tasks.separate import SeparatedShot
+from dubflow.tasks.stage_cache import StageCache, stage_key
 from dubflow.tasks.subtitles import SubtitleFiles, read_cue_times
 from dubflow.tasks.validate import Shot
 
@@ -50,6 +51,7 @@ AV_OFFSET_TOLERANCE_MS = 1.0
 _AV_SEARCH_MS = 250.0  # beyond ITU-R BT.1359's +45/−125 ms detectability either way
 _AV_WINDOW_S = 10.0  # the opening seconds are enough to find an offset
 _FULL_SCALE = 1.0 - 2.0**-23  # the largest positive 24-bit sample
+QC_VERSION = 1  # bump when the checks or the report change for the same inputs
 
 
 @dataclass(frozen=True)
@@ -319,6 +321,39 @@ class QCFailedError(Exception):
     """The deliverables of a pair fail the delivery spec; the message lists each failed check."""
 
 
+def qc_key(separate_key: str, remix_key: str, mux_key: str, subtitles_key: str, mezzanine_key: str | None,
+           allow_warnings: bool) -> str:
+    """The source picture and loudness profile come in through the separate and remix keys."""
+    return stage_key("qc", QC_VERSION, separate=separate_key, remix=remix_key, mux=mux_key, subtitles=subtitles_key,
+                     mezzanine=mezzanine_key, allow_warnings=allow_warnings)
+
+
+def qc_deliverables(
+    shot: Shot,
+    separated: SeparatedShot,
+    remixed: RemixedPair,
+    review_copy: Path,
+    subtitles: SubtitleFiles,
+    mezzanine: Path | None,
+    allow_warnings: bool,
+    out_dir: Path,
+) -> QCResult:
+    """Write the QC report and summary into `out_dir`; fail the pair when a check fails, unless
+    warnings are allowed (then the failures are recorded and the pair is delivered)."""
+    files = PairDeliverables(review_copy, remixed.mix, remixed.dialogue, separated.bed, separated.dialogue,
+                             subtitles, mezzanine)
+    levels = {
+        "original dialogue loudness (LUFS)": remixed.original_dialogue_lufs,
+        "new dialogue gain (dB)": remixed.dialogue_gain_db,
+        "mix gain (dB)": remixed.mix_gain_db,
+    }
+    report = qc_pair(shot, remixed.language, files, remixed.loudness, allow_warnings, levels)
+    result = write_qc_report(report, out_dir)
+    if not report.passed and not allow_warnings:
+        raise QCFailedError(f"QC failed ({result.summary.name}): " + "; ".join(result.failures))
+    return result
+
+
 @task(name="qc", cache_policy=NO_CACHE, task_run_name="qc {remixed.shot_id} {remixed.language}")
 def qc_pair_task(
     shot: Shot,
@@ -328,18 +363,9 @@ def qc_pair_task(
     subtitles: SubtitleFiles,
     mezzanine: Path | None,
     allow_warnings: bool,
+    cache: StageCache,
+    key: str,
 ) -> QCResult:
-    """Write the QC report and summary beside the pair's files; fail the pair when a check fails,
-    unless warnings are allowed (then the failures are recorded and the pair is delivered)."""
-    files = PairDeliverables(review_copy, remixed.mix, remixed.dialogue, separated.bed, separated.dialogue,
-                             subtitles, mezzanine)
-    levels = {
-        "original dialogue loudness (LUFS)": remixed.original_dialogue_lufs,
-        "new dialogue gain (dB)": remixed.dialogue_gain_db,
-        "mix gain (dB)": remixed.mix_gain_db,
-    }
-    report = qc_pair(shot, remixed.language, files, remixed.loudness, allow_warnings, levels)
-    result = write_qc_report(report, Path(review_copy).parent)
-    if not report.passed and not allow_warnings:
-        raise QCFailedError(f"QC failed ({result.summary.name}): " + "; ".join(result.failures))
-    return result
+    """A failed QC raises before anything is stored: the pair is checked again on the next run."""
+    return cache.result("qc", key, QCResult, lambda out_dir: qc_deliverables(
+        shot, separated, remixed, review_copy, subtitles, mezzanine, allow_warnings, out_dir))

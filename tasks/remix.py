@@ -10,7 +10,7 @@ true-peak limiter, exactly as long as the picture.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +40,15 @@ from dubflow.tasks.media import (
     write_wav,
 )
 from dubflow.tasks.separate import SeparatedShot
+from dubflow.tasks.stage_cache import StageCache, stage_key
 from dubflow.tasks.validate import Shot
 
 with warnings.catch_warnings():
     # pydub looks for an ffmpeg binary at import; dubflow never asks it to decode files.
     warnings.simplefilter("ignore", RuntimeWarning)
     from pydub import AudioSegment
+
+REMIX_VERSION = 1  # bump when the stage's output changes for the same inputs
 
 
 @dataclass(frozen=True)
@@ -89,11 +92,18 @@ def overlay(dialogue: np.ndarray, bed: np.ndarray) -> np.ndarray:
     return (summed / PCM24_MAX).astype(np.float32)
 
 
+def remix_key(lipdub_key: str, separate_key: str, separator_params: dict, loudness: LoudnessProfile) -> str:
+    """`separator_params`: the run's `separator_identity(...)` (remix separates the generated audio).
+    The shot's picture length and sound come in through the upstream keys."""
+    return stage_key("remix", REMIX_VERSION, lipdub=lipdub_key, separate=separate_key, separator=separator_params,
+                     loudness=asdict(loudness))
+
+
 def remix_pair(
     take: DubbedTake,
     separated: SeparatedShot,
     shot: Shot,
-    work_dir: Path,
+    out_dir: Path,
     separator: SeparatorSpec,
     loudness: LoudnessProfile = EBU_R128,
 ) -> RemixedPair:
@@ -111,7 +121,7 @@ def remix_pair(
     regions = dialogue_regions(dialogue, DELIVERY_SAMPLE_RATE) if loudness.dialogue_gated else None
     mix, mix_gain_db = mix_to_profile(overlay(dialogue, bed), DELIVERY_SAMPLE_RATE, loudness, regions)
 
-    pair_dir = Path(work_dir) / take.shot_id / take.language
+    pair_dir = Path(out_dir)
     pair_dir.mkdir(parents=True, exist_ok=True)
     prefix = f"{take.shot_id}_{take.language}"
     return RemixedPair(
@@ -137,7 +147,8 @@ def _gain_to_match(audio: np.ndarray, target_lufs: float | None) -> float:
 
 @task(name="remix", cache_policy=NO_CACHE, task_run_name="remix {take.shot_id} {take.language}")
 def remix_pair_task(
-    take: DubbedTake, separated: SeparatedShot, shot: Shot, work_dir: Path, separator: SeparatorSpec,
-    loudness: LoudnessProfile,
+    take: DubbedTake, separated: SeparatedShot, shot: Shot, separator: SeparatorSpec, loudness: LoudnessProfile,
+    cache: StageCache, key: str,
 ) -> RemixedPair:
-    return remix_pair(take, separated, shot, work_dir, separator, loudness)
+    return cache.result("remix", key, RemixedPair,
+                        lambda out_dir: remix_pair(take, separated, shot, out_dir, separator, loudness))

@@ -20,8 +20,10 @@ from dubflow.tasks.media import (
     read_audio,
     write_wav,
 )
+from dubflow.tasks.stage_cache import StageCache, stage_key
 from dubflow.tasks.validate import Shot
 
+SEPARATE_VERSION = 1  # bump when the stage's output changes for the same inputs
 
 SHIFTS_ENV = "DUBFLOW_DEMUCS_SHIFTS"
 DEVICE_ENV = "DUBFLOW_DEMUCS_DEVICE"
@@ -51,6 +53,9 @@ def separator_spec(
             raise ProfileError(f"{SHIFTS_ENV}={raw!r} is not a whole number; set it to 0 (default) or more") from None
     if shifts < 0:
         raise ProfileError(f"separator shifts must be 0 or more, got {shifts}")
+    if repo is not None and not Path(repo).is_dir():
+        # Found now, before any work: the separator is loaded for its identity (part of every cache key).
+        raise ProfileError(f"Demucs model folder {repo} does not exist or is not a directory")
     return SeparatorSpec(
         model_name=model or profile.separator_name,
         repo=Path(repo) if repo is not None else None,
@@ -81,7 +86,20 @@ def require_audio_track(shot: Shot) -> None:
         )
 
 
-def separate_shot(shot: Shot, separator: SeparatorSpec, work_dir: Path) -> SeparatedShot:
+def separator_identity(separator: SeparatorSpec) -> dict:
+    """The separator's output-changing parameters, its model by content (never its folder's path) and
+    its device (numerics differ). Loads the resident model, which the separating stages then share."""
+    return {"device": separator.device, **separator.resident().params}
+
+
+def separate_key(shot: Shot, separator_params: dict) -> str:
+    """`separator_params`: the run's `separator_identity(...)`, computed once."""
+    # The shot id too: it is in the result and its file names (a renamed shot is separated again).
+    return stage_key("separate", SEPARATE_VERSION, shot_id=shot.shot_id, source=shot.sha256,
+                     separator=separator_params)
+
+
+def separate_shot(shot: Shot, separator: SeparatorSpec, out_dir: Path) -> SeparatedShot:
     require_audio_track(shot)
     audio, rate = read_audio(shot.source)
     layout = shot.media.audio[0].layout
@@ -90,7 +108,7 @@ def separate_shot(shot: Shot, separator: SeparatorSpec, work_dir: Path) -> Separ
     mix = quantize_pcm24(stems.dialogue + stems.bed)
     dialogue = quantize_pcm24(stems.dialogue)
     bed = mix - dialogue
-    shot_dir = Path(work_dir) / shot.shot_id
+    shot_dir = Path(out_dir)
     shot_dir.mkdir(parents=True, exist_ok=True)
     return SeparatedShot(
         shot_id=shot.shot_id,
@@ -103,5 +121,5 @@ def separate_shot(shot: Shot, separator: SeparatorSpec, work_dir: Path) -> Separ
 
 
 @task(name="separate", cache_policy=NO_CACHE, task_run_name="separate {shot.shot_id}")
-def separate_shot_task(shot: Shot, separator: SeparatorSpec, work_dir: Path) -> SeparatedShot:
-    return separate_shot(shot, separator, work_dir)
+def separate_shot_task(shot: Shot, separator: SeparatorSpec, cache: StageCache, key: str) -> SeparatedShot:
+    return cache.result("separate", key, SeparatedShot, lambda out_dir: separate_shot(shot, separator, out_dir))

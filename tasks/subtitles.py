@@ -24,8 +24,10 @@ from dubflow.tasks.audio import dialogue_regions
 from dubflow.tasks.files import atomic_write_bytes
 from dubflow.tasks.media import read_audio
 from dubflow.tasks.remix import RemixedPair
+from dubflow.tasks.stage_cache import StageCache, stage_key
 from dubflow.tasks.validate import Shot
 
+SUBTITLES_VERSION = 1  # bump when the stage's output changes for the same inputs
 MAX_LINE_CHARS = 42
 MAX_LINES_PER_CUE = 2
 _TIMING = re.compile(r"(\d{2,}):(\d{2}):(\d{2})[,.](\d{3})\s+-->\s+(\d{2,}):(\d{2}):(\d{2})[,.](\d{3})")
@@ -152,12 +154,19 @@ def write_subtitles(cues: list[Cue], directory: Path, prefix: str) -> SubtitleFi
     )
 
 
-def subtitle_pair(row: ManifestRow, remixed: RemixedPair, shot: Shot) -> SubtitleFiles:
+def subtitles_key(row: ManifestRow, remix_key: str) -> str:
+    """The shot's duration comes in through the remix key (its picture's sha256)."""
+    return stage_key("subtitles", SUBTITLES_VERSION, script=row.script, remix=remix_key)
+
+
+def subtitle_pair(row: ManifestRow, remixed: RemixedPair, shot: Shot, out_dir: Path) -> SubtitleFiles:
     dialogue, rate = read_audio(remixed.dialogue)
     cues = script_cues(row.script, dialogue, rate, shot.media.duration)
-    return write_subtitles(cues, remixed.dialogue.parent, f"{row.shot_id}_{row.language}")
+    return write_subtitles(cues, out_dir, f"{row.shot_id}_{row.language}")
 
 
 @task(name="subtitles", cache_policy=NO_CACHE, task_run_name="subtitles {row.shot_id} {row.language}")
-def subtitle_pair_task(row: ManifestRow, remixed: RemixedPair, shot: Shot) -> SubtitleFiles:
-    return subtitle_pair(row, remixed, shot)
+def subtitle_pair_task(
+    row: ManifestRow, remixed: RemixedPair, shot: Shot, cache: StageCache, key: str
+) -> SubtitleFiles:
+    return cache.result("subtitles", key, SubtitleFiles, lambda out_dir: subtitle_pair(row, remixed, shot, out_dir))

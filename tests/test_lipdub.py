@@ -524,7 +524,7 @@ def test_a_shots_languages_share_one_reference_encoding_through_the_task(samples
     model = load_lipdub(profile)
     model._prepared.clear()  # the shot may be cached from an earlier test: count from a cold cache
     before = model.reference_encodings
-    takes = [lipdub_pair(shot, row, rows, profile, tmp_path) for row in rows]
+    takes = [lipdub_pair(shot, row, rows, profile, tmp_path / row.language) for row in rows]
     assert model.reference_encodings == before + 1
     for take in takes:
         picture = probe(take.picture)

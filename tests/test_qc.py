@@ -21,7 +21,7 @@ from dubflow.tasks.audio import EBU_R128, fit_length, picture_samples
 from dubflow.tasks.lipdub import DubbedTake
 from dubflow.tasks.media import AudioTrack, quantize_pcm24, read_audio, read_frames, read_track, write_video, write_wav
 from dubflow.tasks.mux import mux_pair
-from dubflow.tasks.qc import PairDeliverables, QCFailedError, qc_pair, qc_pair_task
+from dubflow.tasks.qc import PairDeliverables, QCFailedError, qc_deliverables, qc_pair
 from dubflow.tasks.remix import place_dialogue, remix_pair
 from dubflow.tasks.separate import separate_shot
 from dubflow.tasks.subtitles import subtitle_pair
@@ -65,12 +65,12 @@ def _deliver(samples_dir, manifest, separator, shot_id, language, work: Path) ->
     take = _stand_in_take(samples_dir, shot, language, work)
     remixed = remix_pair(take, separated, shot, work, separator, EBU_R128)
     files = PairDeliverables(
-        review_copy=mux_pair(take, remixed),
+        review_copy=mux_pair(take, remixed, work),
         mix=remixed.mix,
         dialogue=remixed.dialogue,
         bed=separated.bed,
         original_dialogue=separated.dialogue,
-        subtitles=subtitle_pair(_row(manifest, shot_id, language), remixed, shot),
+        subtitles=subtitle_pair(_row(manifest, shot_id, language), remixed, shot, work),
     )
     return {"shot": shot, "separated": separated, "take": take, "remixed": remixed, "files": files}
 
@@ -90,7 +90,7 @@ def surround_pair(samples_dir, manifest, separator, tmp_path_factory) -> dict:
 
 def test_dialogue_plus_bed_is_the_source_mix_on_every_sample_shot(manifest, separator, tmp_path) -> None:
     for shot in manifest.shots.values():
-        separated = separate_shot(shot, separator, tmp_path)
+        separated = separate_shot(shot, separator, tmp_path / shot.shot_id)
         source, rate = read_audio(shot.source)
         dialogue, _ = read_audio(separated.dialogue)
         bed, _ = read_audio(separated.bed)
@@ -192,13 +192,13 @@ def test_qc_reports_a_silent_dialogue_stem(stereo_pair, tmp_path) -> None:
 
 
 def test_a_failed_pair_is_delivered_only_when_warnings_are_allowed(stereo_pair, tmp_path) -> None:
-    """Through the task's own function: an impossible loudness target fails QC genuinely."""
+    """Through the function the QC task runs: an impossible loudness target fails QC genuinely."""
     impossible = replace(stereo_pair["remixed"], loudness=replace(EBU_R128, name="custom:-5:0.5:-1", target_lufs=-5.0))
     review = Path(shutil.copy(stereo_pair["files"].review_copy, tmp_path / "sc01_sh010_fr.mp4"))
     arguments = (stereo_pair["shot"], stereo_pair["separated"], impossible, review, stereo_pair["files"].subtitles, None)
     with pytest.raises(QCFailedError, match=r"loudness \(custom:-5:0.5:-1\) = -2\d\.\d\d LUFS \(expected -5 ± 0.5 LU\)"):
-        qc_pair_task.fn(*arguments, False)
-    result = qc_pair_task.fn(*arguments, True)
+        qc_deliverables(*arguments, False, tmp_path)
+    result = qc_deliverables(*arguments, True, tmp_path)
     assert len(result.failures) == 1 and result.failures[0].startswith("loudness (custom:-5:0.5:-1) = ")
     report = json.loads(result.report.read_text())
     assert report["status"] == "failed, delivered with QC warnings allowed" and report["allow_warnings"]

@@ -30,9 +30,9 @@ from dubflow.tasks import storage
 from dubflow.tasks.files import sha256_file
 from dubflow.tasks.publish import (
     DeliveryFile,
-    Destination,
     InvalidDestinationError,
     PairOutcome,
+    check_run_id,
     open_destination,
     publish_s3,
 )
@@ -312,7 +312,7 @@ def test_out_prefix_problems_are_found_before_any_work(relay: S3Relay, monkeypat
         open_destination("s3://bucket-y/show", f"http://127.0.0.1:{free_port()}")
     assert "did not answer" in dead.value.what
     with pytest.raises(InvalidDestinationError) as run_id:
-        Destination(folder=Path("out")).work_dir("../up")
+        check_run_id("../up")
     assert "run id" in run_id.value.what
 
 
@@ -527,7 +527,7 @@ def test_run_from_s3_to_s3_and_no_credential_reaches_any_output(
     parquet = admin(moto).get_object(Bucket=deliveries, Key=f"{run_prefix}delivery.parquet")["Body"].read()
     recorded = [printed.out, printed.err, caplog.text, json.dumps(run.parameters), *(log.message for log in logs),
                 *(json.dumps(a.data) + (a.description or "") for a in artifacts)]
-    work = Path(os.environ["DUBFLOW_CACHE"]) / "work" / "s3run"
+    work = Path(os.environ["DUBFLOW_CACHE"]) / "work"  # the stage results: this run's and other tests'
     assert any(work.rglob("*.wav"))
     blobs = [delivery_json, parquet, *(path.read_bytes() for path in work.rglob("*") if path.is_file())]
     for secret in (FAKE_KEY_ID, FAKE_SECRET):

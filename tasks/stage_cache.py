@@ -1,0 +1,182 @@
+"""Content-addressed stage results: a re-run reuses every stage whose inputs did not change.
+
+A stage's result lives in `<root>/<stage>/<key>/`: the files it wrote and `result.json` (the result's
+fields, each file relative to the folder with its size). The key is the sha256 of the canonical
+JSON of the stage name, the stage's version and its content inputs (hashes, texts, model identities,
+parameters, upstream keys) — never a path or a run id, so the same work in another run, folder or
+machine finds it.
+
+A stage writes into a fresh temporary folder beside the final one; `result.json` is written last and
+the folder is renamed into place, so a folder under its key is always complete. A process killed
+mid-stage leaves only a temporary folder (a dot-name, never looked up). A result whose files are
+missing or changed in size counts as absent and is computed again. Results are never modified once
+in place: each stage writes only into its own folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import threading
+import types
+import typing
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dubflow.tasks.files import atomic_write_bytes
+
+T = TypeVar("T")
+RESULT_FILE = "result.json"
+# The order the run's computed/reused line names the stages in.
+STAGES = ("separate", "lipdub", "remix", "mux", "mezzanine", "subtitles", "qc")
+
+
+class StaleResultError(Exception):
+    """A stored result whose files are gone or changed: treated as absent."""
+
+
+def stage_key(stage: str, version: int, **inputs: Any) -> str:
+    """sha256 of the canonical JSON of the stage, its version and its content inputs.
+
+    Inputs must be JSON values (str, int, float, bool, None, lists, dicts): a Path is refused, so a
+    location can never slip into a key."""
+    document = {"stage": stage, "version": version, "inputs": inputs}
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class CacheCounts:
+    computed: dict[str, int]
+    reused: dict[str, int]
+
+    def describe(self) -> str:
+        """e.g. `computed: lipdub 1, remix 1; reused: separate 1, lipdub 2, remix 2`."""
+        def listing(counts: dict[str, int]) -> str:
+            named = [f"{stage} {counts[stage]}" for stage in STAGES if counts.get(stage)]
+            return ", ".join(named) or "nothing"
+
+        return f"computed: {listing(self.computed)}; reused: {listing(self.reused)}"
+
+
+# Counts per run token, for this process: tasks of one run may run in several threads.
+_counts: dict[str, tuple[Counter, Counter]] = {}
+_counts_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class StageCache:
+    """Where stage results live and whether to recompute them; `run` only groups this process's counts."""
+
+    root: Path
+    force: bool = False
+    run: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
+
+    def result(self, stage: str, key: str, result_type: type[T], compute: Callable[[Path], T]) -> T:
+        """The stored result of `stage` under `key`, or `compute(folder)` stored there first.
+
+        `compute` writes its files into the folder it is given and returns a `result_type` whose
+        Path fields point into it. A failure stores nothing and propagates."""
+        final = Path(self.root) / stage / key
+        if not self.force:
+            try:
+                found = _load(final, result_type)
+            except StaleResultError:
+                found = None
+            if found is not None:
+                self._count(stage, reused=True)
+                return found
+        final.parent.mkdir(parents=True, exist_ok=True)
+        temporary = final.with_name(f".{key}.tmp-{uuid.uuid4().hex[:8]}")
+        temporary.mkdir()
+        try:
+            value = compute(temporary)
+            document = {"stage": stage, "key": key, "result": _encode(value, temporary)}
+            atomic_write_bytes(temporary / RESULT_FILE, json.dumps(document, indent=1).encode("utf-8"))
+            _place(temporary, final)
+        finally:
+            shutil.rmtree(temporary, ignore_errors=True)  # gone already when it was placed
+        self._count(stage, reused=False)
+        return _load(final, result_type)
+
+    def counts(self) -> CacheCounts:
+        with _counts_lock:
+            computed, reused = _counts.get(self.run, (Counter(), Counter()))
+            return CacheCounts(dict(computed), dict(reused))
+
+    def _count(self, stage: str, reused: bool) -> None:
+        with _counts_lock:
+            computed, reused_counts = _counts.setdefault(self.run, (Counter(), Counter()))
+            (reused_counts if reused else computed)[stage] += 1
+
+
+def _place(temporary: Path, final: Path) -> None:
+    """Rename the finished folder to its key, replacing a stale or forced-out one."""
+    if final.exists():
+        # Two renames, so the key never names a half-removed folder.
+        retired = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(final, retired)
+        shutil.rmtree(retired)
+    try:
+        os.rename(temporary, final)
+    except OSError:
+        if not (final / RESULT_FILE).is_file():
+            raise
+        # Another process stored the same key meanwhile: same inputs, same result; keep theirs.
+
+
+def _load(folder: Path, result_type: type[T]) -> T | None:
+    """The result stored in `folder`; None when there is none; StaleResultError when its files changed."""
+    try:
+        document = json.loads((folder / RESULT_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        raise StaleResultError(f"{folder / RESULT_FILE}: {exc}") from None
+    return _decode(document["result"], result_type, folder)
+
+
+def _encode(value: Any, folder: Path) -> Any:
+    """JSON for a result: dataclasses as objects, tuples as lists, files relative to `folder` with sizes."""
+    if isinstance(value, Path):
+        path = value.resolve()
+        if not path.is_relative_to(folder.resolve()) or not path.is_file():
+            raise ValueError(f"a stage result names {value}, which is not a file in its own folder {folder}")
+        return {"file": path.relative_to(folder.resolve()).as_posix(), "size": path.stat().st_size}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {field.name: _encode(getattr(value, field.name), folder) for field in dataclasses.fields(value)}
+    if isinstance(value, (tuple, list)):
+        return [_encode(item, folder) for item in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise TypeError(f"cannot store a {type(value).__name__} in a stage result")
+
+
+def _decode(data: Any, annotation: Any, folder: Path) -> Any:
+    """The value `_encode` stored, rebuilt as `annotation` (a type from a result dataclass's hints)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if data is None:
+            return None
+        (inner,) = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        return _decode(data, inner, folder)
+    if origin is tuple:
+        item_type = typing.get_args(annotation)[0]
+        return tuple(_decode(item, item_type, folder) for item in data)
+    if annotation is Path:
+        path = folder / data["file"]
+        if not path.is_file() or path.stat().st_size != data["size"]:
+            raise StaleResultError(f"{path} is missing or not {data['size']} bytes")
+        return path
+    if dataclasses.is_dataclass(annotation):
+        hints = typing.get_type_hints(annotation)
+        return annotation(**{field.name: _decode(data[field.name], hints[field.name], folder)
+                             for field in dataclasses.fields(annotation)})
+    return data
