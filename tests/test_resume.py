@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from prefect.client.orchestration import get_client
 
 from dubflow.flows.localize import localize
 from dubflow.models.profiles import ProfileError, resolve_profile
@@ -146,10 +147,15 @@ def first_run(prefect_server, samples_dir: Path, tmp_path_factory: pytest.TempPa
 
 def test_a_second_run_reuses_everything_and_force_recomputes(first_run) -> None:
     manifest, out = first_run
-    again = localize(manifest, out, run_id="again")
+    state = localize(manifest, out, run_id="again", return_state=True)
+    again = state.result()
     assert (again.cache.computed, again.cache.reused) == ({}, ALL_STAGES)
-    assert again.report().splitlines()[-1] == (
-        "computed: nothing; reused: separate 1, lipdub 2, remix 2, mux 2, subtitles 2, qc 2")
+    counts_line = "computed: nothing; reused: separate 1, lipdub 2, remix 2, mux 2, subtitles 2, qc 2"
+    assert again.report().splitlines()[-1] == counts_line
+    with get_client(sync_client=True) as client:
+        (artifact,) = [a for a in client.read_artifacts()
+                       if a.flow_run_id == state.state_details.flow_run_id and a.key == "localization-summary"]
+    assert counts_line in artifact.description
     assert _deliverables(out / "again") == _deliverables(out / "first")
 
     forced = localize(manifest, out, run_id="forced", force=True)
