@@ -1,25 +1,35 @@
 """The localization DAG: validate → per shot (separate) → per (shot, language) (lipdub → remix → mux
-[→ mezzanine] → subtitles → qc) → publish. Wiring, failure policy and reporting only; every stage's
-work is in `tasks/`.
+[→ mezzanine] → subtitles → qc) → publish. Wiring and failure policy only; every stage's work is in
+`tasks/`, what the run reports in `flows/report.py`.
+
+Where tasks run: a thread pool in this process by default, whose model stages share this machine's
+GPUs one stage per GPU (`dubflow.models.devices`); or a Dask cluster (`--cluster ADDRESS`,
+`$DUBFLOW_CLUSTER`, or a cluster class from `$DUBFLOW_CLUSTER_CLASS`), where the GPU stages ask
+for one `GPU` resource and every worker keeps its models resident across tasks.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from uuid import UUID
 
+import dask
+import torch
 from prefect import flow
-from prefect.artifacts import create_table_artifact
-from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.exceptions import ObjectNotFound
-from prefect.futures import PrefectFuture, wait
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.client.orchestration import get_client
+from prefect.context import FlowRunContext
+from prefect.futures import PrefectFuture, as_completed, wait
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect_dask import DaskTaskRunner
 
+from dubflow.flows.report import Progress, RunSummary, publish_artifacts, read_run_seconds
 from dubflow.manifests.schema import ManifestError, ManifestRow
 from dubflow.models.profiles import ModelProfile, ProfileError, cache_dir, resolve_profile
 from dubflow.models.separator import SeparatorSpec
@@ -38,37 +48,63 @@ from dubflow.tasks.publish import (
 from dubflow.tasks.qc import qc_key, qc_pair_task
 from dubflow.tasks.remix import remix_key, remix_pair_task
 from dubflow.tasks.separate import separate_key, separate_shot_task, separator_identity, separator_spec
-from dubflow.tasks.stage_cache import CacheCounts, StageCache
+from dubflow.tasks.stage_cache import StageCache
 from dubflow.tasks.subtitles import subtitle_pair_task, subtitles_key
+from dubflow.tasks.retries import lipdub_timeout_s
 from dubflow.tasks.validate import validate_manifest
 
 EXIT_OK, EXIT_PAIRS_FAILED, EXIT_INVALID_INPUT = 0, 1, 2
-RECORDING_WAIT_S = 30.0  # how long a finished task run may take to appear on the server
 VERSIONED_PACKAGES = ("dubflow", "torch", "diffusers", "transformers", "peft", "demucs", "prefect", "av", "pyloudnorm")
+CLUSTER_ENV = "DUBFLOW_CLUSTER"  # a Dask scheduler address, e.g. tcp://dask-scheduler:8786
+CLUSTER_CLASS_ENV = "DUBFLOW_CLUSTER_CLASS"  # or a cluster class to start, e.g. dask_kubernetes.operator.KubeCluster
+CLUSTER_KWARGS_ENV = "DUBFLOW_CLUSTER_KWARGS"  # its keyword arguments, as JSON
+GPU_WORKER_WAIT_S = 120.0  # how long a run waits for a cluster's first GPU worker (an autoscaler may be starting it)
+MODEL_STAGES = ("separate", "lipdub")  # the stages whose time is counted as device-seconds
 
 
-@dataclass(frozen=True)
-class RunSummary:
-    run_dir: str  # a local path or s3://bucket/prefix/run-id
-    outcomes: tuple[PairOutcome, ...]
-    notice: str | None
-    cache: CacheCounts  # stage results computed and reused by this run
+class ClusterError(Exception):
+    """The Dask cluster cannot run the GPU stages (no worker declares a GPU resource)."""
 
-    @property
-    def failed(self) -> list[PairOutcome]:
-        return [o for o in self.outcomes if o.status != "delivered"]
 
-    def report(self) -> str:
-        lines = [f"{'shot':<16} {'lang':<6} {'status':<10} {'seconds':>8}  reason"]
-        for o in self.outcomes:
-            lines.append(f"{o.shot_id:<16} {o.language:<6} {o.status:<10} {o.seconds:>8.1f}  {o.reason or ''}")
-        delivered = len(self.outcomes) - len(self.failed)
-        lines.append(f"{delivered} of {len(self.outcomes)} pairs delivered to {self.run_dir}")
-        lines.append(f"delivery manifest: {self.run_dir}/delivery.json")
-        if self.notice:
-            lines.append(self.notice)
-        lines.append(self.cache.describe())
-        return "\n".join(lines)
+def task_runner_for(cluster: str | None = None) -> TaskRunner:
+    """Where the run's tasks go: a Dask cluster at ``cluster`` (or `$DUBFLOW_CLUSTER`), one started
+    from `$DUBFLOW_CLUSTER_CLASS` / `$DUBFLOW_CLUSTER_KWARGS`, else threads in this process (two per
+    visible GPU, at least four: a GPU stage waits on its lease while the CPU stages keep going)."""
+    address = cluster or os.environ.get(CLUSTER_ENV)
+    if address:
+        return DaskTaskRunner(address=address)
+    cluster_class = os.environ.get(CLUSTER_CLASS_ENV)
+    if cluster_class:
+        raw = os.environ.get(CLUSTER_KWARGS_ENV, "{}")
+        try:
+            kwargs = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ClusterError(f"{CLUSTER_KWARGS_ENV} is not JSON ({exc}); e.g. '{{\"n_workers\": 2}}'") from None
+        return DaskTaskRunner(cluster_class=cluster_class, cluster_kwargs=kwargs)
+    return ThreadPoolTaskRunner(max_workers=max(4, 2 * torch.cuda.device_count()))
+
+
+def require_gpu_workers(runner: DaskTaskRunner, wait_s: float = GPU_WORKER_WAIT_S) -> int:
+    """The number of the cluster's workers that declare a ``GPU`` resource, once there is one; the
+    GPU stages would otherwise wait forever for a worker that can take them."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        workers = runner.client.scheduler_info(n_workers=-1)["workers"].values()
+        gpu_workers = sum(1 for worker in workers if worker.get("resources", {}).get("GPU", 0) >= 1)
+        if gpu_workers:
+            return gpu_workers
+        if time.monotonic() > deadline:
+            raise ClusterError(
+                f"no worker of the Dask cluster at {runner.client.scheduler.address} declares a GPU resource "
+                f"after {wait_s:.0f} s; start one worker per GPU with `dask worker ADDRESS --nworkers 1 "
+                "--resources GPU=1` and CUDA_VISIBLE_DEVICES set (see deploy/dask-gpu-worker.yaml)"
+            )
+        time.sleep(1.0)
+
+
+def gpu_stage(on_gpu: bool = True) -> AbstractContextManager:
+    """Tasks submitted inside ask a Dask cluster for one ``GPU`` (when ``on_gpu``); other runners ignore it."""
+    return dask.annotate(resources={"GPU": 1}) if on_gpu else nullcontext()
 
 
 class PairsFailedError(Exception):
@@ -82,13 +118,15 @@ class PairsFailedError(Exception):
 
 @dataclass
 class PairChain:
-    """The futures of one (shot, language), in stage order; the first failed one names the reason."""
+    """The futures of one (shot, language), in stage order (the first failed one names the reason),
+    and each stage's result key."""
 
     row: ManifestRow
     stages: dict[str, PrefectFuture]
+    keys: dict[str, str | None]
 
 
-@flow(name="localize", task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=True)
+@flow(name="localize", task_runner=task_runner_for(), log_prints=True)
 def localize(
     manifest: Path,
     out: str | Path,
@@ -112,10 +150,15 @@ def localize(
     for s3:// sources (default: AWS_ENDPOINT_URL, else AWS). Stage results are reused from
     `$DUBFLOW_CACHE/work` when their content inputs are unchanged (`dubflow.tasks.stage_cache`);
     `force` computes every stage again and replaces what is stored."""
+    started = time.monotonic()
     loudness_profile = parse_loudness_profile(loudness)
     destination = open_destination(out, endpoint_url)  # a bad --out fails now, not after the GPU work
     validated = validate_manifest(manifest, languages, endpoint_url)
-    model_profile = resolve_profile(profile)
+    runner = FlowRunContext.get().task_runner
+    on_cluster = isinstance(runner, DaskTaskRunner)
+    if on_cluster:
+        print(f"Dask cluster with {require_gpu_workers(runner)} GPU worker(s)")
+    model_profile = resolve_profile(profile, remote_gpus=on_cluster)
     separator = separator_spec(model_profile, separator_model, separator_repo, separator_device, separator_shifts)
     if model_profile.notice:
         print(model_profile.notice)
@@ -125,15 +168,22 @@ def localize(
     # Once per run: they read model files (the LoRA's sha256, the Demucs packages).
     model_identity, separator_params = lipdub_identity(model_profile), separator_identity(separator)
 
+    # On a Dask cluster the stages that run a model on a GPU ask for one (LipDub always: a cluster's
+    # workers are GPU workers); in this process the device leases keep one model stage per GPU.
+    separating_on_gpu = separator.device.startswith("cuda")
+    lipdub_task = lipdub_pair_task.with_options(timeout_seconds=lipdub_timeout_s())
+
     separate_keys = {shot_id: separate_key(shot, separator_params) for shot_id, shot in validated.shots.items()}
-    separated = {
-        shot_id: separate_shot_task.submit(shot, separator, cache, separate_keys[shot_id])
-        for shot_id, shot in validated.shots.items()
-    }
+    with gpu_stage(separating_on_gpu):
+        separated = {
+            shot_id: separate_shot_task.submit(shot, separator, cache, separate_keys[shot_id])
+            for shot_id, shot in validated.shots.items()
+        }
     rows_by_shot: dict[str, list[ManifestRow]] = {}
     for row in validated.rows:
         rows_by_shot.setdefault(row.shot_id, []).append(row)
     chains = []
+    submitting = time.monotonic()
     for row in validated.rows:
         shot = validated.shots[row.shot_id]
         keys = {"separate": separate_keys[row.shot_id],
@@ -145,9 +195,11 @@ def localize(
         keys["qc"] = qc_key(keys["separate"], keys["remix"], keys["mux"], keys["subtitles"], keys["mezzanine"],
                             allow_qc_warnings)
 
-        take = lipdub_pair_task.submit(shot, row, rows_by_shot[row.shot_id], model_profile, cache, keys["lipdub"])
-        remixed = remix_pair_task.submit(take, separated[row.shot_id], shot, separator, loudness_profile, cache,
-                                         keys["remix"])
+        with gpu_stage():
+            take = lipdub_task.submit(shot, row, rows_by_shot[row.shot_id], model_profile, cache, keys["lipdub"])
+        with gpu_stage(separating_on_gpu):
+            remixed = remix_pair_task.submit(take, separated[row.shot_id], shot, separator, loudness_profile, cache,
+                                             keys["remix"])
         stages = {"separate": separated[row.shot_id], "lipdub": take, "remix": remixed,
                   "mux": mux_pair_task.submit(take, remixed, cache, keys["mux"])}
         if prores:
@@ -155,90 +207,91 @@ def localize(
         stages["subtitles"] = subtitle_pair_task.submit(row, remixed, shot, cache, keys["subtitles"])
         stages["qc"] = qc_pair_task.submit(shot, separated[row.shot_id], remixed, stages["mux"], stages["subtitles"],
                                            stages.get("mezzanine"), allow_qc_warnings, cache, keys["qc"])
-        chains.append(PairChain(row, stages))
+        chains.append(PairChain(row, stages, keys))
+    print(f"submitted {sum(len(chain.stages) for chain in chains)} stage tasks for {len(chains)} pairs "
+          f"in {time.monotonic() - submitting:.1f} s")
+
+    progress = Progress(len(chains), f"dubflow run {run_id} ({model_profile.name} profile)")
+    for _ in as_completed([chain.stages["qc"] for chain in chains]):  # a pair has ended when its QC has
+        progress.pair_finished()
     wait([future for chain in chains for future in chain.stages.values()])
 
-    outcomes, files = collect(chains)
+    outcomes, files, qc_reports, device_seconds = collect(chains)
     run_dir = publish_task(destination, run_id, files, outcomes,
                            run_info(validated.path, model_profile, separator, loudness_profile)).location
-    summary = RunSummary(run_dir, tuple(outcomes), model_profile.notice, cache.counts())
-    create_table_artifact(
-        key="localization-summary",
-        table=[
-            {"shot": o.shot_id, "language": o.language, "status": o.status, "seconds": round(o.seconds, 2),
-             "output": f"{run_dir}/{o.shot_id}/{o.language}" if o.status == "delivered" else "", "reason": o.reason or ""}
-            for o in outcomes
-        ],
-        description=f"dubflow run {run_id} ({model_profile.name} profile); stage results {summary.cache.describe()}"
-        + (f" — {model_profile.notice}" if model_profile.notice else ""),
+    summary = RunSummary(
+        run_dir, tuple(outcomes), model_profile.notice,
+        cache.counts((stage, key) for chain in chains for stage, key in chain.keys.items() if key),
+        device="GPU" if model_profile.device.startswith("cuda") else "CPU",
+        device_seconds=device_seconds, wall_seconds=time.monotonic() - started,
     )
+    publish_artifacts(summary, run_id, model_profile.name, qc_reports)
     print(summary.report())
     if summary.failed:
         raise PairsFailedError(summary)
     return summary
 
 
-def collect(chains: list[PairChain]) -> tuple[list[PairOutcome], list[DeliveryFile]]:
-    """Each pair's outcome (first failed stage names the reason) and the files of delivered pairs."""
+def collect(
+    chains: list[PairChain],
+) -> tuple[list[PairOutcome], list[DeliveryFile], dict[tuple[str, str], Path], float]:
+    """Each pair's outcome (the first failed stage names the reason), the files and QC reports of
+    delivered pairs, and the seconds the run's model stages took."""
     outcomes: list[PairOutcome] = []
     files: list[DeliveryFile] = []
+    qc_reports: dict[tuple[str, str], Path] = {}
     shared_beds: set[str] = set()
+    finished = [future for chain in chains for future in chain.stages.values() if future.state.is_final()]
     with get_client(sync_client=True) as client:
-        for chain in chains:
-            row = chain.row
-            seconds = sum(
-                _run_seconds(client, future.task_run_id)
-                for name, future in chain.stages.items()
-                if name != "separate"  # shared by the shot's languages: not one pair's time
-            )
-            reason = next(
-                (f"{name}: {future.result(raise_on_failure=False)}" for name, future in chain.stages.items()
-                 if future.state.is_failed() or future.state.is_crashed()),
-                None,
-            )
-            if reason is None and not chain.stages["qc"].state.is_completed():
-                reason = f"did not finish ({chain.stages['qc'].state.name})"
-            if reason:
-                outcomes.append(PairOutcome(row.shot_id, row.language, "failed", reason, seconds))
-                continue
-            qc = chain.stages["qc"].result()
-            warnings = f"delivered with QC warnings allowed: {'; '.join(qc.failures)}" if qc.failures else None
-            outcomes.append(PairOutcome(row.shot_id, row.language, "delivered", warnings, seconds))
-            separated = chain.stages["separate"].result()
-            remixed = chain.stages["remix"].result()
-            subtitles = chain.stages["subtitles"].result()
-            prefix = f"{row.shot_id}/{row.language}/{row.shot_id}_{row.language}"
-            pair_files = [
-                (chain.stages["mux"].result(), ".mp4", "review_mp4"),
-                (remixed.mix, "_mix.wav", "mix"),
-                (remixed.dialogue, "_dx.wav", "dx"),
-                (subtitles.srt, ".srt", "srt"),
-                (subtitles.vtt, ".vtt", "vtt"),
-                (qc.report, "_qc.json", "qc"),
-                (qc.summary, "_qc.txt", "qc_summary"),
-            ]
-            if "mezzanine" in chain.stages:
-                pair_files.append((chain.stages["mezzanine"].result(), ".mov", "mezzanine_mov"))
-            files += [DeliveryFile(source, f"{prefix}{suffix}", role, row.shot_id, row.language)
-                      for source, suffix, role in pair_files]
-            if row.shot_id not in shared_beds:
-                shared_beds.add(row.shot_id)
-                files.append(DeliveryFile(separated.bed, f"{row.shot_id}/{row.shot_id}_me.wav", "me", row.shot_id, None))
-    return outcomes, files
-
-
-def _run_seconds(client: SyncPrefectClient, task_run_id: UUID) -> float:
-    """The task run's recorded run time. The server records task runs from events, asynchronously: a
-    stage that finished in milliseconds (a reused result) can be read before it is recorded, so wait
-    for it a bounded while."""
-    deadline = time.monotonic() + RECORDING_WAIT_S
-    while True:
-        try:
-            return client.read_task_run(task_run_id).total_run_time.total_seconds()
-        except ObjectNotFound:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+        seconds = read_run_seconds(client, {future.task_run_id for future in finished})
+    model_stages = {future.task_run_id for chain in chains for name, future in chain.stages.items()
+                    if name in MODEL_STAGES}
+    device_seconds = sum(seconds[run_id] for run_id in model_stages if run_id in seconds)
+    for chain in chains:
+        row = chain.row
+        pair_seconds = sum(
+            seconds.get(future.task_run_id, 0.0)
+            for name, future in chain.stages.items()
+            if name != "separate"  # shared by the shot's languages: not one pair's time
+        )
+        reason = next(
+            (f"{name}: {future.result(raise_on_failure=False)}" for name, future in chain.stages.items()
+             if future.state.is_failed() or future.state.is_crashed()),
+            None,
+        )
+        if reason is None and not chain.stages["qc"].state.is_completed():
+            reason = f"did not finish ({chain.stages['qc'].state.name})"
+        if reason:
+            outcomes.append(PairOutcome(row.shot_id, row.language, "failed", reason, pair_seconds))
+            continue
+        qc = chain.stages["qc"].result()
+        take = chain.stages["lipdub"].result()
+        notes = [f"delivered with QC warnings allowed: {'; '.join(qc.failures)}"] if qc.failures else []
+        if take.memory_mode != "standard":
+            notes.append(f"LipDub ran in {take.memory_mode} mode after running out of GPU memory")
+        outcomes.append(PairOutcome(row.shot_id, row.language, "delivered", "; ".join(notes) or None, pair_seconds))
+        qc_reports[(row.shot_id, row.language)] = qc.report
+        separated = chain.stages["separate"].result()
+        remixed = chain.stages["remix"].result()
+        subtitles = chain.stages["subtitles"].result()
+        prefix = f"{row.shot_id}/{row.language}/{row.shot_id}_{row.language}"
+        pair_files = [
+            (chain.stages["mux"].result(), ".mp4", "review_mp4"),
+            (remixed.mix, "_mix.wav", "mix"),
+            (remixed.dialogue, "_dx.wav", "dx"),
+            (subtitles.srt, ".srt", "srt"),
+            (subtitles.vtt, ".vtt", "vtt"),
+            (qc.report, "_qc.json", "qc"),
+            (qc.summary, "_qc.txt", "qc_summary"),
+        ]
+        if "mezzanine" in chain.stages:
+            pair_files.append((chain.stages["mezzanine"].result(), ".mov", "mezzanine_mov"))
+        files += [DeliveryFile(source, f"{prefix}{suffix}", role, row.shot_id, row.language)
+                  for source, suffix, role in pair_files]
+        if row.shot_id not in shared_beds:
+            shared_beds.add(row.shot_id)
+            files.append(DeliveryFile(separated.bed, f"{row.shot_id}/{row.shot_id}_me.wav", "me", row.shot_id, None))
+    return outcomes, files, qc_reports, device_seconds
 
 
 def run_info(manifest_path: Path, profile: ModelProfile, separator: SeparatorSpec, loudness: LoudnessProfile) -> dict:
@@ -274,19 +327,27 @@ def run_localization(
     languages: list[str] | None = None,
     profile_name: str = "smoke",
     run_id: str | None = None,
+    cluster: str | None = None,
     **options: object,
 ) -> int:
     """Run the flow and map its end to the CLI's exit codes: 0 delivered, 1 pairs failed, 2 bad input.
-    `options` are the flow's other parameters (loudness, allow_qc_warnings, prores, separator_*, endpoint_url,
-    force)."""
-    state = localize(manifest, out, languages, profile_name, run_id, **options, return_state=True)
+    `cluster`: a Dask scheduler address to run the tasks on (default: `task_runner_for`'s choice).
+    `options` are the flow's other parameters (loudness, allow_qc_warnings, prores, separator_*,
+    endpoint_url, force). The run's last line (counts, device-seconds, wall time) is printed last."""
+    try:
+        run = localize.with_options(task_runner=task_runner_for(cluster)) if cluster else localize
+    except ClusterError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_INVALID_INPUT
+    state = run(manifest, out, languages, profile_name, run_id, **options, return_state=True)
     result = state.result(raise_on_failure=False)
     if state.is_completed():
+        print(result.last_line())
         return EXIT_OK
     if isinstance(result, PairsFailedError):
         print(result.summary.report(), file=sys.stderr)
         return EXIT_PAIRS_FAILED
-    if isinstance(result, (ManifestError, ProfileError, LoudnessProfileError, InvalidDestinationError)):
+    if isinstance(result, (ManifestError, ProfileError, LoudnessProfileError, InvalidDestinationError, ClusterError)):
         print(result, file=sys.stderr)
         return EXIT_INVALID_INPUT
     print(f"run failed: {result}", file=sys.stderr)

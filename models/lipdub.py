@@ -279,15 +279,19 @@ class LipDubModel:
 
     # --- the two calls a task makes ----------------------------------------------------------------
 
-    def prepare_shot(self, shot: SourceShot, key: str | None = None, max_height: int | None = None) -> PreparedShot:
+    def prepare_shot(
+        self, shot: SourceShot, key: str | None = None, max_height: int | None = None, window_frames: int | None = None
+    ) -> PreparedShot:
         """Plan the shot's windows and encode their references; cached by ``key`` (a content hash).
 
         ``max_height`` below the shot's height generates at that height (aspect kept) and scales the
         result back; the smoke profile uses it to stay fast, real profiles pass None.
+        ``window_frames`` overrides the model's window length (shorter windows: less memory a pass).
         """
         frames = _check_shot(shot)
         num_frames, height, width, _ = frames.shape
-        cache_key = (key, max_height) if key is not None else None
+        window_frames = window_frames or self.window_frames
+        cache_key = (key, max_height, window_frames) if key is not None else None
         with self._lock:
             if cache_key is not None and cache_key in self._prepared:
                 self._prepared.move_to_end(cache_key)
@@ -297,7 +301,7 @@ class LipDubModel:
             pad_h, pad_w = _round_up(gen_h, multiple), _round_up(gen_w, multiple)
             top, left = (pad_h - gen_h) // 2, (pad_w - gen_w) // 2
             windows = []
-            for start, length in self.plan_windows(num_frames):
+            for start, length in self.plan_windows(num_frames, window_frames):
                 picture = _to_float(frames[start : start + length], (gen_h, gen_w))  # (L, 3, gen_h, gen_w)
                 picture = F.pad(picture, (left, pad_w - gen_w - left, top, pad_h - gen_h - top), mode="replicate")
                 padded = _round_up(length - 1, self.frame_multiple) + 1
@@ -341,8 +345,20 @@ class LipDubModel:
         if self.device.type != "cuda":
             return
         free, _ = torch.cuda.mem_get_info(self.device)
-        if free >= self.gpu_reserve_bytes:
+        if free < self.gpu_reserve_bytes:
+            self._release_text_encoder()
+            logger.info("text encoder released to host memory (%.1f GiB were free on %s)", free / 2**30, self.device)
+
+    def release_memory(self) -> None:
+        """After a GPU out-of-memory error: give back every byte a take can spare (cached reference
+        encodings, the text encoder, the allocator's cached blocks) before the take is tried again."""
+        if self.device.type != "cuda":
             return
+        with self._lock:
+            self._prepared.clear()
+            self._release_text_encoder()
+
+    def _release_text_encoder(self) -> None:
         text_encoder = self.pipe.text_encoder
         if self._text_encoder_host is None:
             self._text_encoder_host = {
@@ -352,7 +368,6 @@ class LipDubModel:
         for name, tensor in _named_tensors(text_encoder):
             tensor.data = self._text_encoder_host[name]
         torch.cuda.empty_cache()
-        logger.info("text encoder released to host memory (%.1f GiB were free on %s)", free / 2**30, self.device)
 
     def _restore_text_encoder(self) -> None:
         for _, tensor in _named_tensors(self.pipe.text_encoder):
@@ -403,13 +418,17 @@ class LipDubModel:
         """``prepare_shot`` + ``dub`` for one prompt, no caching: the simple way in."""
         return self.dub(self.prepare_shot(shot, max_height=max_height), prompt, seed)
 
-    def plan_windows(self, num_frames: int) -> list[tuple[int, int]]:
+    def plan_windows(self, num_frames: int, window_frames: int | None = None) -> list[tuple[int, int]]:
         """``(start, frames)`` per window: one window if the shot fits, else overlapping full windows."""
-        if num_frames <= self.window_frames:
+        window_frames = window_frames or self.window_frames
+        if (window_frames - 1) % self.frame_multiple or window_frames <= self.window_overlap:
+            raise ValueError(f"window_frames must be {self.frame_multiple}k+1 and longer than the "
+                             f"{self.window_overlap}-frame overlap, got {window_frames}")
+        if num_frames <= window_frames:
             return [(0, num_frames)]
-        stride = self.window_frames - self.window_overlap
-        starts = list(range(0, num_frames - self.window_frames, stride)) + [num_frames - self.window_frames]
-        return [(start, self.window_frames) for start in starts]
+        stride = window_frames - self.window_overlap
+        starts = list(range(0, num_frames - window_frames, stride)) + [num_frames - window_frames]
+        return [(start, window_frames) for start in starts]
 
 
 def fuse_lora(pipe: LTX2LipDubPipeline, state_dict: dict[str, torch.Tensor], source: str) -> None:

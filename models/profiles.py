@@ -71,8 +71,11 @@ def ltx_weights_dir() -> Path:
 _build_lock = threading.Lock()
 
 
-def resolve_profile(name: str) -> ModelProfile:
-    """Resolve a profile by name, building the smoke models into the cache on first use."""
+def resolve_profile(name: str, remote_gpus: bool = False) -> ModelProfile:
+    """Resolve a profile by name, building the smoke models into the cache on first use.
+
+    ``remote_gpus``: the model stages run on a cluster's GPU workers, not in this process, so the
+    GPU profiles run on ``cuda`` whether or not this process sees a GPU."""
     if name == "smoke":
         from dubflow.models.lipdub import build_smoke_weights
         from dubflow.models.separator import build_smoke_separator
@@ -107,7 +110,7 @@ def resolve_profile(name: str) -> ModelProfile:
         return ModelProfile(
             name="ltx-2.3",
             random_weights=False,
-            device="cuda" if torch.cuda.is_available() else "cpu",
+            device="cuda" if remote_gpus or torch.cuda.is_available() else "cpu",
             separator_name=os.environ.get("DUBFLOW_DEMUCS_MODEL", "htdemucs"),
             separator_repo=Path(demucs_repo) if demucs_repo else None,
             lipdub_weights=weights,
@@ -119,8 +122,9 @@ def resolve_profile(name: str) -> ModelProfile:
     if name == "ltx-2.3-random":
         from dubflow.models.separator import build_smoke_separator
 
-        if not torch.cuda.is_available():
-            raise ProfileError("ltx-2.3-random builds the full-size model on a GPU; no CUDA device is visible")
+        if not (remote_gpus or torch.cuda.is_available()):
+            raise ProfileError("ltx-2.3-random builds the full-size model on a GPU; no CUDA device is visible "
+                               "(run it on a GPU machine, or on a Dask cluster of GPU workers with --cluster)")
         with _build_lock:
             separator_name, separator_repo = build_smoke_separator(cache_dir() / "smoke" / "demucs")
         return ModelProfile(
@@ -137,12 +141,15 @@ def resolve_profile(name: str) -> ModelProfile:
     raise ProfileError(f"unknown model profile {name!r}; choose one of {', '.join(PROFILE_NAMES)}")
 
 
-def load_lipdub(profile: ModelProfile):  # -> LipDubModel (import deferred: diffusers is heavy)
+def load_lipdub(profile: ModelProfile, device: str | None = None):  # -> LipDubModel (diffusers imported late)
+    """The process's resident LipDub model for ``profile`` on ``device`` (a leased one, e.g. ``cuda:1``;
+    default: the profile's device), loaded on first use."""
     from dubflow.models.lipdub import get_resident_model, get_resident_random_model
     from dubflow.models.ltx2_architectures import LTX_2_3
 
-    dtype = torch.bfloat16 if profile.device.startswith("cuda") else torch.float32
+    device = device or profile.device
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     if profile.lipdub_weights is None:
-        return get_resident_random_model(LTX_2_3, profile.device, dtype, RANDOM_WEIGHTS_SEED, profile.fp8_weights)
-    return get_resident_model(profile.lipdub_weights, profile.lipdub_lora, profile.device, dtype, profile.fp8_weights,
+        return get_resident_random_model(LTX_2_3, device, dtype, RANDOM_WEIGHTS_SEED, profile.fp8_weights)
+    return get_resident_model(profile.lipdub_weights, profile.lipdub_lora, device, dtype, profile.fp8_weights,
                               profile.lipdub_checkpoint)

@@ -51,6 +51,7 @@ import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
@@ -67,17 +68,21 @@ from demucs.apply import BagOfModels, apply_model
 from demucs.htdemucs import HTDemucs
 from demucs.pretrained import get_model
 
+from dubflow.models.devices import lease_device
 from dubflow.models.residency import forget, resident
 
 __all__ = [
     "DELIVERY_SAMPLE_RATE",
     "DIALOGUE_SOURCES",
+    "HTDEMUCS_KWARGS",
+    "RANDOM_HTDEMUCS_NAME",
     "SMOKE_MODEL_NAME",
     "SUPPORTED_LAYOUTS",
     "ModelLoadError",
     "Separator",
     "SeparatorSpec",
     "Stems",
+    "build_random_htdemucs",
     "build_smoke_separator",
     "clear_resident_separators",
     "delivery_length",
@@ -106,7 +111,8 @@ _CROSSFADE_SECONDS = 1.0
 _MAX_SHIFT_SECONDS = 0.5  # as demucs.apply.apply_model
 
 # ---------------------------------------------------------------------------------------------
-# Smoke model: a tiny random-weight HTDemucs in Demucs' own package format.
+# Random-weight HTDemucs models in Demucs' own package format: the tiny smoke model, and the
+# full-size htdemucs architecture for benchmarks.
 # ---------------------------------------------------------------------------------------------
 
 SMOKE_MODEL_NAME = "dubflow_smoke_htdemucs"
@@ -124,11 +130,33 @@ _SMOKE_KWARGS: dict = {
     "t_heads": 4,
 }
 
+RANDOM_HTDEMUCS_NAME = "dubflow_random_htdemucs"
+_RANDOM_HTDEMUCS_SEED = 0
+_RANDOM_HTDEMUCS_FORMAT = 1
+# The published `htdemucs` (signature 955717e8): Demucs' conf/config.yaml `htdemucs:` defaults (which
+# equal HTDemucs' own defaults for everything that shapes the network) with the overrides of its
+# training grid (demucs/grids/mmi.py: dconv_mode 3, depth 4, t_layers 5, t_dropout 0.02,
+# bottom_channels 512; docs/training.md: "5 layers, 512 channels"), and the segment that
+# tools/export.py writes into the package for use_train_segment models: 7.8 s, the length Demucs
+# documents as the Hybrid Transformer models' maximum.
+HTDEMUCS_KWARGS: dict = {
+    "sources": ["drums", "bass", "other", "vocals"],
+    "audio_channels": 2,
+    "samplerate": 44100,
+    "segment": Fraction(39, 5),
+    "channels": 48,
+    "depth": 4,
+    "dconv_mode": 3,
+    "bottom_channels": 512,
+    "t_layers": 5,
+    "t_dropout": 0.02,
+}
 
-def _smoke_signature() -> str:
+
+def _recipe_signature(kwargs: dict, seed: int, recipe_format: int) -> str:
     """8 hex chars like Demucs' own signatures, derived from the recipe (never contains '-')."""
-    recipe = {"kwargs": _SMOKE_KWARGS, "seed": _SMOKE_SEED, "format": _SMOKE_FORMAT}
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
+    recipe = {"kwargs": kwargs, "seed": seed, "format": recipe_format}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def _model_files(repo_dir: Path, sig: str) -> list[Path]:
@@ -197,24 +225,42 @@ def write_bag(repo_dir: Path, name: str, signatures: list[str], weights: list[li
     return path
 
 
-def build_smoke_separator(repo_dir: Path) -> tuple[str, Path]:
-    """Write the tiny random HTDemucs into `repo_dir` as a Demucs local model repo.
-
-    One package (`write_model_package`) and the bag `<SMOKE_MODEL_NAME>.yaml` (``models: [sig]``).
-    Deterministic (fixed seed) and idempotent. Returns ``(model_name, repo_dir)`` for `Separator` /
-    `get_model(name, repo=)`.
-    """
+def _build_random_htdemucs(repo_dir: Path, name: str, kwargs: dict, seed: int, recipe_format: int,
+                           marker: str) -> tuple[str, Path]:
+    """Write a random-weight `HTDemucs(**kwargs)` into `repo_dir` as a Demucs local model repo: one
+    package (`write_model_package`) and the bag ``<name>.yaml`` (``models: [sig]``). Deterministic
+    (fixed seed) and idempotent; `marker` goes into the package's training_args, flagging it random."""
     repo_dir = Path(repo_dir)
-    sig = _smoke_signature()
+    sig = _recipe_signature(kwargs, seed, recipe_format)
     if not (repo_dir.is_dir() and _model_files(repo_dir, sig)):
         with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.manual_seed(_SMOKE_SEED)
-            model = HTDemucs(**_SMOKE_KWARGS)
-        training_args = {"dubflow_smoke": True, "seed": _SMOKE_SEED, "format": _SMOKE_FORMAT}
+            torch.manual_seed(seed)
+            model = HTDemucs(**kwargs)
+        training_args = {marker: True, "seed": seed, "format": recipe_format}
         write_model_package(repo_dir, sig, model, training_args)
-    write_bag(repo_dir, SMOKE_MODEL_NAME, [sig])
-    return SMOKE_MODEL_NAME, repo_dir
+    write_bag(repo_dir, name, [sig])
+    return name, repo_dir
+
+
+def build_smoke_separator(repo_dir: Path) -> tuple[str, Path]:
+    """Write the tiny random HTDemucs into `repo_dir` as a Demucs local model repo.
+
+    Returns ``(model_name, repo_dir)`` for `Separator` / `get_model(name, repo=)`.
+    """
+    return _build_random_htdemucs(repo_dir, SMOKE_MODEL_NAME, _SMOKE_KWARGS, _SMOKE_SEED, _SMOKE_FORMAT,
+                                  "dubflow_smoke")
+
+
+def build_random_htdemucs(repo_dir: Path) -> tuple[str, Path]:
+    """Write the full-size `htdemucs` architecture (`HTDEMUCS_KWARGS`) with random weights into
+    `repo_dir` as a Demucs local model repo, for speed and memory measurement: its output is noise.
+
+    Returns ``(model_name, repo_dir)``; ``demucs.separate --repo repo_dir -n model_name`` loads the
+    same file.
+    """
+    return _build_random_htdemucs(repo_dir, RANDOM_HTDEMUCS_NAME, HTDEMUCS_KWARGS, _RANDOM_HTDEMUCS_SEED,
+                                  _RANDOM_HTDEMUCS_FORMAT, "dubflow_random_htdemucs")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -623,8 +669,16 @@ class SeparatorSpec:
     device: str = "cpu"
     shifts: int = 0
 
-    def resident(self) -> Separator:
-        return get_resident_separator(self.model_name, self.repo, self.device, self.shifts)
+    def resident(self, device: str | None = None) -> Separator:
+        """The process's instance on ``device`` (default: the spec's), loaded on first use."""
+        return get_resident_separator(self.model_name, self.repo, device or self.device, self.shifts)
+
+    @contextmanager
+    def leased(self) -> Iterator[Separator]:
+        """The resident instance on a leased device of the spec's kind, held for the block: on a GPU
+        it never runs beside another model stage (`dubflow.models.devices`)."""
+        with lease_device(self.device) as device:
+            yield self.resident(device)
 
 
 def clear_resident_separators() -> None:

@@ -3,24 +3,33 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from dubflow.manifests.schema import ManifestRow, language_name
-from dubflow.models.lipdub import SourceShot, build_prompt
+from dubflow.models.devices import lease_device
+from dubflow.models.lipdub import LipDubOutput, SourceShot, build_prompt
 from dubflow.models.ltx2_architectures import LTX_2_3
 from dubflow.models.profiles import RANDOM_WEIGHTS_SEED, ModelProfile, load_lipdub
 from dubflow.tasks.files import sha256_file
 from dubflow.tasks.media import AudioTrack, MediaError, audio_layout_name, read_audio, read_frames, write_video, write_wav
 from dubflow.tasks.separate import require_audio_track
+from dubflow.tasks.retries import STAGE_RETRIES
 from dubflow.tasks.stage_cache import StageCache, stage_key
 from dubflow.tasks.validate import Shot
 
-LIPDUB_VERSION = 1  # bump when the stage's output changes for the same inputs
+logger = logging.getLogger(__name__)
+
+LIPDUB_VERSION = 2  # bump when the stage's output changes for the same inputs
+# After a GPU out-of-memory error the take is tried once more in windows of this many frames
+# (8k+1; about 5 s at 24 fps): each pass holds fewer tokens, so its activations need less memory.
+LOW_MEMORY_WINDOW_FRAMES = 121
 
 # FFmpeg channel order puts the front centre third (FL FR FC ...): where film dialogue lives.
 _CENTRE_CHANNEL = 2
@@ -34,6 +43,7 @@ class DubbedTake:
     seed: int
     picture: Path  # lossless picture master (PNG in MOV): the source's frame count, rate and size
     audio: Path  # the model's generated audio at the model's rate
+    memory_mode: str  # "standard", or "low-memory" when the take was redone after running out of GPU memory
 
 
 def pair_seed(shot: Shot, language: str) -> int:
@@ -84,16 +94,29 @@ def lipdub_pair(
 ) -> DubbedTake:
     """``shot_rows`` are all of the shot's rows: their prompts are text-encoded in one batch, once."""
     require_audio_track(shot)
-    model = load_lipdub(profile)
     audio, sample_rate = read_audio(shot.source)
     source = SourceShot(
         read_frames(shot.source), shot.media.fps, voice_reference(audio, shot.media.audio[0].layout), sample_rate
     )
-    # Keyed by picture content and model: every language of the shot reuses one reference encoding.
-    prepared = model.prepare_shot(source, key=f"{shot.sha256}:{model.identity}", max_height=profile.max_height)
-    model.embed_prompts([row_prompt(r) for r in shot_rows])
     prompt, seed = row_prompt(row), pair_seed(shot, row.language)
-    output = model.dub(prepared, prompt, seed)
+    # The device is held only for the model's work: reading and writing media leave it to the next take.
+    with lease_device(profile.device, affinity=shot.sha256) as device:
+        model = load_lipdub(profile, device)
+
+        def dub(window_frames: int | None) -> LipDubOutput:
+            # Keyed by picture content and model: every language of the shot reuses one reference encoding.
+            prepared = model.prepare_shot(source, key=f"{shot.sha256}:{model.identity}",
+                                          max_height=profile.max_height, window_frames=window_frames)
+            model.embed_prompts([row_prompt(r) for r in shot_rows])
+            return model.dub(prepared, prompt, seed)
+
+        try:
+            output, memory_mode = dub(None), "standard"
+        except torch.OutOfMemoryError:
+            logger.warning("%s/%s: out of GPU memory on %s; retrying once with the text encoder off the GPU "
+                           "and %d-frame windows", shot.shot_id, row.language, device, LOW_MEMORY_WINDOW_FRAMES)
+            model.release_memory()
+            output, memory_mode = dub(LOW_MEMORY_WINDOW_FRAMES), "low-memory"
 
     pair_dir = Path(out_dir)
     pair_dir.mkdir(parents=True, exist_ok=True)
@@ -103,10 +126,11 @@ def lipdub_pair(
         pair_dir / "generated.wav",
         AudioTrack(output.audio, output.sample_rate, audio_layout_name(output.audio.shape[0])),
     )
-    return DubbedTake(shot.shot_id, row.language, prompt, seed, picture, generated)
+    return DubbedTake(shot.shot_id, row.language, prompt, seed, picture, generated, memory_mode)
 
 
-@task(name="lipdub", cache_policy=NO_CACHE, task_run_name="lipdub {row.shot_id} {row.language}")
+@task(name="lipdub", cache_policy=NO_CACHE, task_run_name="lipdub {row.shot_id} {row.language}",
+      **STAGE_RETRIES)
 def lipdub_pair_task(
     shot: Shot, row: ManifestRow, shot_rows: list[ManifestRow], profile: ModelProfile, cache: StageCache, key: str
 ) -> DubbedTake:

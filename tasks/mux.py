@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from dubflow.tasks.lipdub import DubbedTake
 from dubflow.tasks.media import iter_frames, probe, read_track, write_video
 from dubflow.tasks.remix import RemixedPair
+from dubflow.tasks.retries import STAGE_RETRIES
 from dubflow.tasks.stage_cache import StageCache, stage_key
 
 MUX_VERSION = 1  # bump when the stage's output changes for the same inputs
@@ -43,11 +44,13 @@ def _cached_mux(take: DubbedTake, remixed: RemixedPair, codec: Literal["h264", "
     return cache.result(MUX_STAGES[codec], key, Path, lambda out_dir: mux_pair(take, remixed, out_dir, codec))
 
 
-@task(name="mux", cache_policy=NO_CACHE, task_run_name="mux {take.shot_id} {take.language}")
+@task(name="mux", cache_policy=NO_CACHE, task_run_name="mux {take.shot_id} {take.language}",
+      **STAGE_RETRIES)
 def mux_pair_task(take: DubbedTake, remixed: RemixedPair, cache: StageCache, key: str) -> Path:
     return _cached_mux(take, remixed, "h264", cache, key)
 
 
-@task(name="mezzanine", cache_policy=NO_CACHE, task_run_name="mezzanine {take.shot_id} {take.language}")
+@task(name="mezzanine", cache_policy=NO_CACHE, task_run_name="mezzanine {take.shot_id} {take.language}",
+      **STAGE_RETRIES)
 def mezzanine_pair_task(take: DubbedTake, remixed: RemixedPair, cache: StageCache, key: str) -> Path:
     return _cached_mux(take, remixed, "prores", cache, key)

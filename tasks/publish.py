@@ -40,6 +40,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from dubflow.tasks.files import atomic_write_bytes, sha256_file
+from dubflow.tasks.retries import STAGE_RETRIES
 from dubflow.tasks.storage import (
     S3Uri,
     S3UriError,
@@ -271,7 +272,7 @@ def _fsync_tree(root: Path) -> None:
             os.close(fd)
 
 
-@task(name="publish", cache_policy=NO_CACHE)
+@task(name="publish", cache_policy=NO_CACHE, **STAGE_RETRIES)
 def publish_task(
     destination: Destination, run_id: str, files: list[DeliveryFile], outcomes: list[PairOutcome], run_info: dict
 ) -> Published:

@@ -42,6 +42,7 @@ from dubflow.tasks.files import atomic_write_bytes
 from dubflow.tasks.media import DELIVERY_SAMPLE_RATE, PCM24_MAX, probe, read_audio
 from dubflow.tasks.remix import RemixedPair
 from dubflow.tasks.separate import SeparatedShot
+from dubflow.tasks.retries import STAGE_RETRIES
 from dubflow.tasks.stage_cache import StageCache, stage_key
 from dubflow.tasks.subtitles import SubtitleFiles, read_cue_times
 from dubflow.tasks.validate import Shot
@@ -354,7 +355,8 @@ def qc_deliverables(
     return result
 
 
-@task(name="qc", cache_policy=NO_CACHE, task_run_name="qc {remixed.shot_id} {remixed.language}")
+@task(name="qc", cache_policy=NO_CACHE, task_run_name="qc {remixed.shot_id} {remixed.language}",
+      **STAGE_RETRIES)
 def qc_pair_task(
     shot: Shot,
     separated: SeparatedShot,

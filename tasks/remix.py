@@ -40,6 +40,7 @@ from dubflow.tasks.media import (
     write_wav,
 )
 from dubflow.tasks.separate import SeparatedShot
+from dubflow.tasks.retries import STAGE_RETRIES
 from dubflow.tasks.stage_cache import StageCache, stage_key
 from dubflow.tasks.validate import Shot
 
@@ -109,7 +110,8 @@ def remix_pair(
 ) -> RemixedPair:
     samples = picture_samples(shot.media.frame_count, shot.media.fps, DELIVERY_SAMPLE_RATE)
     generated, rate = read_audio(take.audio)
-    speech = separator.resident().separate(generated, rate, audio_layout_name(generated.shape[0])).dialogue
+    with separator.leased() as model:
+        speech = model.separate(generated, rate, audio_layout_name(generated.shape[0])).dialogue
     bed, _ = read_audio(separated.bed)
     bed = fit_length(bed, samples)
     dialogue = place_dialogue(fit_length(speech, samples), bed.shape[0], separated.dialogue_channels)
@@ -145,7 +147,8 @@ def _gain_to_match(audio: np.ndarray, target_lufs: float | None) -> float:
     return target_lufs - current
 
 
-@task(name="remix", cache_policy=NO_CACHE, task_run_name="remix {take.shot_id} {take.language}")
+@task(name="remix", cache_policy=NO_CACHE, task_run_name="remix {take.shot_id} {take.language}",
+      **STAGE_RETRIES)
 def remix_pair_task(
     take: DubbedTake, separated: SeparatedShot, shot: Shot, separator: SeparatorSpec, loudness: LoudnessProfile,
     cache: StageCache, key: str,

@@ -20,6 +20,7 @@ from dubflow.tasks.media import (
     read_audio,
     write_wav,
 )
+from dubflow.tasks.retries import STAGE_RETRIES
 from dubflow.tasks.stage_cache import StageCache, stage_key
 from dubflow.tasks.validate import Shot
 
@@ -88,8 +89,9 @@ def require_audio_track(shot: Shot) -> None:
 
 def separator_identity(separator: SeparatorSpec) -> dict:
     """The separator's output-changing parameters, its model by content (never its folder's path) and
-    its device (numerics differ). Loads the resident model, which the separating stages then share."""
-    return {"device": separator.device, **separator.resident().params}
+    its device (numerics differ). Loads the model on the CPU: the flow's process may have no GPU
+    (on a Dask cluster the GPUs are the workers'); on a CPU run the separating stages share it."""
+    return {"device": separator.device, **separator.resident("cpu").params}
 
 
 def separate_key(shot: Shot, separator_params: dict) -> str:
@@ -103,7 +105,8 @@ def separate_shot(shot: Shot, separator: SeparatorSpec, out_dir: Path) -> Separa
     require_audio_track(shot)
     audio, rate = read_audio(shot.source)
     layout = shot.media.audio[0].layout
-    stems = separator.resident().separate(audio, rate, layout)
+    with separator.leased() as model:
+        stems = model.separate(audio, rate, layout)
     # Computed on the 24-bit grid the files hold, so that on disk dialogue + bed == mix exactly.
     mix = quantize_pcm24(stems.dialogue + stems.bed)
     dialogue = quantize_pcm24(stems.dialogue)
@@ -120,6 +123,7 @@ def separate_shot(shot: Shot, separator: SeparatorSpec, out_dir: Path) -> Separa
     )
 
 
-@task(name="separate", cache_policy=NO_CACHE, task_run_name="separate {shot.shot_id}")
+@task(name="separate", cache_policy=NO_CACHE, task_run_name="separate {shot.shot_id}",
+      **STAGE_RETRIES)
 def separate_shot_task(shot: Shot, separator: SeparatorSpec, cache: StageCache, key: str) -> SeparatedShot:
     return cache.result("separate", key, SeparatedShot, lambda out_dir: separate_shot(shot, separator, out_dir))

@@ -20,12 +20,11 @@ import hashlib
 import json
 import os
 import shutil
-import threading
 import types
 import typing
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -66,14 +65,11 @@ class CacheCounts:
         return f"computed: {listing(self.computed)}; reused: {listing(self.reused)}"
 
 
-# Counts per run token, for this process: tasks of one run may run in several threads.
-_counts: dict[str, tuple[Counter, Counter]] = {}
-_counts_lock = threading.Lock()
-
-
 @dataclass(frozen=True)
 class StageCache:
-    """Where stage results live and whether to recompute them; `run` only groups this process's counts."""
+    """Where stage results live and whether to recompute them. `run` is recorded in every result the
+    run computes, so that the run can count what it computed and reused wherever its tasks ran (in
+    this process or on a cluster's workers sharing the cache)."""
 
     root: Path
     force: bool = False
@@ -91,30 +87,31 @@ class StageCache:
             except StaleResultError:
                 found = None
             if found is not None:
-                self._count(stage, reused=True)
                 return found
         final.parent.mkdir(parents=True, exist_ok=True)
         temporary = final.with_name(f".{key}.tmp-{uuid.uuid4().hex[:8]}")
         temporary.mkdir()
         try:
             value = compute(temporary)
-            document = {"stage": stage, "key": key, "result": _encode(value, temporary)}
+            document = {"stage": stage, "key": key, "run": self.run, "result": _encode(value, temporary)}
             atomic_write_bytes(temporary / RESULT_FILE, json.dumps(document, indent=1).encode("utf-8"))
             _place(temporary, final)
         finally:
             shutil.rmtree(temporary, ignore_errors=True)  # gone already when it was placed
-        self._count(stage, reused=False)
         return _load(final, result_type)
 
-    def counts(self) -> CacheCounts:
-        with _counts_lock:
-            computed, reused = _counts.get(self.run, (Counter(), Counter()))
-            return CacheCounts(dict(computed), dict(reused))
-
-    def _count(self, stage: str, reused: bool) -> None:
-        with _counts_lock:
-            computed, reused_counts = _counts.setdefault(self.run, (Counter(), Counter()))
-            (reused_counts if reused else computed)[stage] += 1
+    def counts(self, results: Iterable[tuple[str, str]]) -> CacheCounts:
+        """Of the run's stage results ``(stage, key)`` that exist, how many this run computed (its
+        token is in them) and how many it reused; each distinct result once."""
+        computed: Counter[str] = Counter()
+        reused: Counter[str] = Counter()
+        for stage, key in set(results):
+            try:
+                document = json.loads((Path(self.root) / stage / key / RESULT_FILE).read_text(encoding="utf-8"))
+            except (FileNotFoundError, ValueError):
+                continue  # the stage failed or never ran: neither computed nor reused
+            (computed if document.get("run") == self.run else reused)[stage] += 1
+        return CacheCounts(dict(computed), dict(reused))
 
 
 def _place(temporary: Path, final: Path) -> None:

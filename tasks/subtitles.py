@@ -24,6 +24,7 @@ from dubflow.tasks.audio import dialogue_regions
 from dubflow.tasks.files import atomic_write_bytes
 from dubflow.tasks.media import read_audio
 from dubflow.tasks.remix import RemixedPair
+from dubflow.tasks.retries import STAGE_RETRIES
 from dubflow.tasks.stage_cache import StageCache, stage_key
 from dubflow.tasks.validate import Shot
 
@@ -165,7 +166,8 @@ def subtitle_pair(row: ManifestRow, remixed: RemixedPair, shot: Shot, out_dir: P
     return write_subtitles(cues, out_dir, f"{row.shot_id}_{row.language}")
 
 
-@task(name="subtitles", cache_policy=NO_CACHE, task_run_name="subtitles {row.shot_id} {row.language}")
+@task(name="subtitles", cache_policy=NO_CACHE, task_run_name="subtitles {row.shot_id} {row.language}",
+      **STAGE_RETRIES)
 def subtitle_pair_task(
     row: ManifestRow, remixed: RemixedPair, shot: Shot, cache: StageCache, key: str
 ) -> SubtitleFiles:
