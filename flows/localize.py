@@ -171,7 +171,7 @@ def localize(
     # On a Dask cluster the stages that run a model on a GPU ask for one (LipDub always: a cluster's
     # workers are GPU workers); in this process the device leases keep one model stage per GPU.
     separating_on_gpu = separator.device.startswith("cuda")
-    lipdub_task = lipdub_pair_task.with_options(timeout_seconds=lipdub_timeout_s())
+    take_timeout_s = lipdub_timeout_s()
 
     separate_keys = {shot_id: separate_key(shot, separator_params) for shot_id, shot in validated.shots.items()}
     with gpu_stage(separating_on_gpu):
@@ -196,7 +196,8 @@ def localize(
                             allow_qc_warnings)
 
         with gpu_stage():
-            take = lipdub_task.submit(shot, row, rows_by_shot[row.shot_id], model_profile, cache, keys["lipdub"])
+            take = lipdub_pair_task.submit(shot, row, rows_by_shot[row.shot_id], model_profile, cache, keys["lipdub"],
+                                           take_timeout_s)
         with gpu_stage(separating_on_gpu):
             remixed = remix_pair_task.submit(take, separated[row.shot_id], shot, separator, loudness_profile, cache,
                                              keys["remix"])

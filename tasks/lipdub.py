@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.utilities.timeout import timeout
 
 from dubflow.manifests.schema import ManifestRow, language_name
 from dubflow.models.devices import lease_device
@@ -20,7 +21,7 @@ from dubflow.models.profiles import RANDOM_WEIGHTS_SEED, ModelProfile, load_lipd
 from dubflow.tasks.files import sha256_file
 from dubflow.tasks.media import AudioTrack, MediaError, audio_layout_name, read_audio, read_frames, write_video, write_wav
 from dubflow.tasks.separate import require_audio_track
-from dubflow.tasks.retries import STAGE_RETRIES
+from dubflow.tasks.retries import LIPDUB_TIMEOUT_ENV, STAGE_RETRIES
 from dubflow.tasks.stage_cache import StageCache, stage_key
 from dubflow.tasks.validate import Shot
 
@@ -89,10 +90,21 @@ def lipdub_key(shot: Shot, row: ManifestRow, profile: ModelProfile, model_identi
     )
 
 
+class LipDubTimeoutError(TimeoutError):
+    """A take ran past its time limit: the call is taken to be hung, and its pair fails."""
+
+
 def lipdub_pair(
-    shot: Shot, row: ManifestRow, shot_rows: list[ManifestRow], profile: ModelProfile, out_dir: Path
+    shot: Shot,
+    row: ManifestRow,
+    shot_rows: list[ManifestRow],
+    profile: ModelProfile,
+    out_dir: Path,
+    timeout_s: float | None = None,
 ) -> DubbedTake:
-    """``shot_rows`` are all of the shot's rows: their prompts are text-encoded in one batch, once."""
+    """``shot_rows`` are all of the shot's rows: their prompts are text-encoded in one batch, once.
+    ``timeout_s`` bounds the model's work on the leased device (not the wait for the lease, nor the
+    model's first load): past it the take is interrupted and the device given back."""
     require_audio_track(shot)
     audio, sample_rate = read_audio(shot.source)
     source = SourceShot(
@@ -111,12 +123,21 @@ def lipdub_pair(
             return model.dub(prepared, prompt, seed)
 
         try:
-            output, memory_mode = dub(None), "standard"
-        except torch.OutOfMemoryError:
-            logger.warning("%s/%s: out of GPU memory on %s; retrying once with the text encoder off the GPU "
-                           "and %d-frame windows", shot.shot_id, row.language, device, LOW_MEMORY_WINDOW_FRAMES)
-            model.release_memory()
-            output, memory_mode = dub(LOW_MEMORY_WINDOW_FRAMES), "low-memory"
+            # Interrupts the take between two Python steps (every sampling step is many): a call
+            # stuck inside the driver is beyond any in-process bound (see deploy/README.md).
+            with timeout(timeout_s):
+                try:
+                    output, memory_mode = dub(None), "standard"
+                except torch.OutOfMemoryError:
+                    logger.warning("%s/%s: out of GPU memory on %s; retrying once with the text encoder off the GPU "
+                                   "and %d-frame windows", shot.shot_id, row.language, device, LOW_MEMORY_WINDOW_FRAMES)
+                    model.release_memory()
+                    output, memory_mode = dub(LOW_MEMORY_WINDOW_FRAMES), "low-memory"
+        except TimeoutError:
+            raise LipDubTimeoutError(
+                f"the take did not finish within {timeout_s:g} s on {device} and was stopped; if takes this long "
+                f"are expected, raise {LIPDUB_TIMEOUT_ENV}"
+            ) from None
 
     pair_dir = Path(out_dir)
     pair_dir.mkdir(parents=True, exist_ok=True)
@@ -132,6 +153,8 @@ def lipdub_pair(
 @task(name="lipdub", cache_policy=NO_CACHE, task_run_name="lipdub {row.shot_id} {row.language}",
       **STAGE_RETRIES)
 def lipdub_pair_task(
-    shot: Shot, row: ManifestRow, shot_rows: list[ManifestRow], profile: ModelProfile, cache: StageCache, key: str
+    shot: Shot, row: ManifestRow, shot_rows: list[ManifestRow], profile: ModelProfile, cache: StageCache, key: str,
+    timeout_s: float,
 ) -> DubbedTake:
-    return cache.result("lipdub", key, DubbedTake, lambda out_dir: lipdub_pair(shot, row, shot_rows, profile, out_dir))
+    return cache.result("lipdub", key, DubbedTake,
+                        lambda out_dir: lipdub_pair(shot, row, shot_rows, profile, out_dir, timeout_s))

@@ -15,6 +15,8 @@ from prefect import Task
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.tasks import exponential_backoff
 
+from dubflow.models.profiles import ProfileError
+
 # Socket-level failures (ConnectionError covers refused/reset/aborted) and botocore's endpoint,
 # connect and read timeouts. Not TimeoutError: that is also how a stage's own time limit ends.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, BotocoreConnectionError)
@@ -45,7 +47,8 @@ def lipdub_timeout_s() -> float:
     try:
         seconds = float(raw)
     except ValueError:
-        raise ValueError(f"{LIPDUB_TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
-    if seconds <= 0:
-        raise ValueError(f"{LIPDUB_TIMEOUT_ENV} must be positive, got {raw}")
+        seconds = float("nan")
+    if not seconds > 0:
+        raise ProfileError(f"{LIPDUB_TIMEOUT_ENV}={raw!r} is not a positive number of seconds; "
+                           f"unset it for the default ({DEFAULT_LIPDUB_TIMEOUT_S:g} s)")
     return seconds

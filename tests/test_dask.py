@@ -1,0 +1,111 @@
+"""GPU scheduling on Dask: a local cluster of two worker processes, each declaring one (logical) GPU.
+
+The smoke models run on the workers' CPUs; what is checked is the scheduling: LipDub tasks ask for
+one GPU, so never more than two run at once; each worker loads its LipDub model once and keeps it
+for every take it runs; and the results are identical to the thread runner's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dask
+import pandas as pd
+import pytest
+import torch
+from distributed import Client, LocalCluster
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
+
+from dubflow.flows.cli import main
+from dubflow.flows.localize import localize
+from dubflow.models.devices import lease_records
+from dubflow.models.lipdub import LipDubModel
+from dubflow.models.profiles import cache_dir
+from dubflow.tasks.files import sha256_file
+from dubflow.tasks.media import probe
+
+
+def _worker_state() -> dict:
+    """Read on each worker with Client.run: its LipDub loads and its device leases."""
+    return {"lipdub_loads": LipDubModel.load_count,
+            "leases": {kind: record.leases for kind, record in lease_records().items()}}
+
+
+@pytest.fixture(scope="module")
+def two_gpu_cluster():
+    # Dask's nanny pins worker processes to one BLAS/OpenMP thread; CPU kernels with another thread
+    # count may round differently. The workers get this process's count, so that the comparison with
+    # the thread runner is of scheduling alone.
+    threads = str(torch.get_num_threads())
+    environ = {name: threads for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        with LocalCluster(n_workers=2, threads_per_worker=2, processes=True, resources={"GPU": 1},
+                          host="127.0.0.1", dashboard_address=None) as cluster:
+            yield cluster
+
+
+@pytest.fixture(scope="module")
+def four_pairs(samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    table = pd.read_csv(samples_dir / "manifest.csv", dtype=str, keep_default_na=False)
+    table = table[table.shot_id.isin(["sc01_sh010", "sc02_sh010"]) & table.language.isin(["fr", "de"])].copy()
+    table["source"] = [str(samples_dir / s) for s in table.source]
+    path = tmp_path_factory.mktemp("dask") / "manifest.csv"
+    table.to_csv(path, index=False)
+    return path
+
+
+def _files(run_dir: Path) -> dict[str, str]:
+    return {entry["path"]: entry["sha256"] for entry in json.loads((run_dir / "delivery.json").read_text())["files"]}
+
+
+def test_two_gpu_workers_run_lipdub_one_take_each_and_match_the_thread_runner(
+    prefect_server, two_gpu_cluster: LocalCluster, four_pairs: Path, tmp_path: Path, capsys
+) -> None:
+    with pytest.MonkeyPatch.context() as env:  # its own stage cache: the Dask run computes everything again
+        env.setenv("DUBFLOW_CACHE", str(tmp_path / "thread-cache"))
+        localize(four_pairs, tmp_path, run_id="threads")
+
+    address = two_gpu_cluster.scheduler_address
+    assert main(["run", str(four_pairs), "--out", str(tmp_path), "--run-id", "dask", "--cluster", address,
+                 "--force"]) == 0
+    assert "dubflow: 4 of 4 pairs delivered, 0 failed" in capsys.readouterr().out.splitlines()[-1]
+
+    # Bit for bit: the LipDub picture masters and every delivered file but the H.264 review copies.
+    # Those are encoded from identical masters, but libx264 through PyAV does not give the same
+    # bytes from one process to the next (measured), so they are compared by what they carry.
+    thread_files, dask_files = _files(tmp_path / "threads"), _files(tmp_path / "dask")
+    assert thread_files.keys() == dask_files.keys()
+    for path, sha256 in thread_files.items():
+        if path.endswith(".mp4"):
+            thread_copy, dask_copy = probe(tmp_path / "threads" / path), probe(tmp_path / "dask" / path)
+            assert (dask_copy.frame_count, dask_copy.fps, dask_copy.audio) == \
+                (thread_copy.frame_count, thread_copy.fps, thread_copy.audio)
+        else:
+            assert dask_files[path] == sha256, path
+    masters = {key.name: sha256_file(key / "picture.mov") for key in (tmp_path / "thread-cache/work/lipdub").iterdir()}
+    assert len(masters) == 4
+    for key, sha256 in masters.items():
+        assert sha256_file(cache_dir() / "work" / "lipdub" / key / "picture.mov") == sha256
+
+    with Client(address) as client:
+        workers = client.run(_worker_state)
+    assert len(workers) == 2
+    for state in workers.values():  # every worker took LipDub work and loaded the model for it once
+        assert state["leases"]["cpu"]["cpu"] >= 1
+        assert state["lipdub_loads"] == 1, workers
+
+    with get_client(sync_client=True) as prefect:
+        (run,) = [r for r in prefect.read_flow_runs(limit=200) if r.parameters.get("run_id") == "dask"]
+        takes = prefect.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])),
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="lipdub")),
+        )
+    assert len(takes) == 4
+    events = sorted([(t.start_time, 1) for t in takes] + [(t.end_time, -1) for t in takes])
+    running, most = 0, 0
+    for _, change in events:
+        running += change
+        most = max(most, running)
+    assert most <= 2
