@@ -179,7 +179,8 @@ def run_child(args: argparse.Namespace, size: tuple[int, int]) -> None:
     device, dtype = device_and_dtype(args.architecture)
     timings: dict[str, float] = {}
     clock = Clock(device)
-    model = build_random_model(ARCHITECTURES[args.architecture], str(device), dtype, RANDOM_WEIGHTS_SEED)
+    model = build_random_model(ARCHITECTURES[args.architecture], str(device), dtype, RANDOM_WEIGHTS_SEED,
+                               args.fp8_weights)
     clock.lap(timings, "build")
     shot = make_shot(shot_index, size, args.frames)
     clock.lap(timings, "make_shot")
@@ -199,6 +200,7 @@ def run_fresh_processes(args: argparse.Namespace, pairs: list[tuple[int, int]]) 
     for shot_index, language in pairs:
         command = [sys.executable, str(Path(__file__).resolve()), "--child", f"{shot_index},{language}",
                    "--architecture", args.architecture, "--size", args.size, "--frames", str(args.frames)]
+        command += ["--fp8-weights"] if args.fp8_weights else []
         start = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True)
         wall = time.perf_counter() - start
@@ -231,6 +233,8 @@ def main() -> None:
     parser.add_argument("--languages", type=int, default=3, help=f"1-{len(LANGUAGES)} per shot")
     parser.add_argument("--fresh-process-clips", type=int, default=3,
                         help="pairs (the batch's first) also run one per fresh process; 0 skips that part")
+    parser.add_argument("--fp8-weights", action="store_true",
+                        help="transformer weights stored in float8 ($DUBFLOW_FP8_WEIGHTS=1): Gemma stays on the GPU")
     parser.add_argument("--json", default=None)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # "S,L": run one pair, print its stages
     args = parser.parse_args()
@@ -248,7 +252,7 @@ def main() -> None:
           f"{args.languages} languages at {args.size}x{args.frames}, {FPS} fps", flush=True)
     results: dict = {"dtype": str(dtype), "torch": torch.__version__, "architecture": args.architecture,
                      "size": args.size, "frames": args.frames, "fps": str(FPS), "shots": args.shots,
-                     "languages": args.languages}
+                     "languages": args.languages, "fp8_weights": args.fp8_weights}
 
     # Fresh processes first: this process holds no model yet, so each child has the whole GPU.
     fresh: list[dict] = []
@@ -265,7 +269,8 @@ def main() -> None:
     results["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device: {results['device']}", flush=True)
     build = Clock(device)
-    model = build_random_model(ARCHITECTURES[args.architecture], str(device), dtype, RANDOM_WEIGHTS_SEED)
+    model = build_random_model(ARCHITECTURES[args.architecture], str(device), dtype, RANDOM_WEIGHTS_SEED,
+                               args.fp8_weights)
     build_s = build.total()
     shots = [make_shot(s, size, args.frames) for s in range(args.shots)]
     with GpuBusy() as busy:
