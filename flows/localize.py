@@ -173,19 +173,21 @@ def localize(
     separating_on_gpu = separator.device.startswith("cuda")
     take_timeout_s = lipdub_timeout_s()
 
-    separate_keys = {shot_id: separate_key(shot, separator_params) for shot_id, shot in validated.shots.items()}
-    with gpu_stage(separating_on_gpu):
-        separated = {
-            shot_id: separate_shot_task.submit(shot, separator, cache, separate_keys[shot_id])
-            for shot_id, shot in validated.shots.items()
-        }
     rows_by_shot: dict[str, list[ManifestRow]] = {}
     for row in validated.rows:
         rows_by_shot.setdefault(row.shot_id, []).append(row)
+    separate_keys: dict[str, str] = {}
+    separated: dict[str, PrefectFuture] = {}
     chains = []
     submitting = time.monotonic()
-    for row in validated.rows:
+    # Shot by shot, each shot's separation then its pairs: runners start tasks in the order they are
+    # submitted, so the first pairs run while later shots are still being planned.
+    for row in (row for shot_rows in rows_by_shot.values() for row in shot_rows):
         shot = validated.shots[row.shot_id]
+        if row.shot_id not in separated:
+            separate_keys[row.shot_id] = separate_key(shot, separator_params)
+            with gpu_stage(separating_on_gpu):
+                separated[row.shot_id] = separate_shot_task.submit(shot, separator, cache, separate_keys[row.shot_id])
         keys = {"separate": separate_keys[row.shot_id],
                 "lipdub": lipdub_key(shot, row, model_profile, model_identity)}
         keys["remix"] = remix_key(keys["lipdub"], keys["separate"], separator_params, loudness_profile)
@@ -209,8 +211,8 @@ def localize(
         stages["qc"] = qc_pair_task.submit(shot, separated[row.shot_id], remixed, stages["mux"], stages["subtitles"],
                                            stages.get("mezzanine"), allow_qc_warnings, cache, keys["qc"])
         chains.append(PairChain(row, stages, keys))
-    print(f"submitted {sum(len(chain.stages) for chain in chains)} stage tasks for {len(chains)} pairs "
-          f"in {time.monotonic() - submitting:.1f} s")
+    submitted = len({id(future) for chain in chains for future in chain.stages.values()})
+    print(f"submitted {submitted} stage tasks for {len(chains)} pairs in {time.monotonic() - submitting:.1f} s")
 
     progress = Progress(len(chains), f"dubflow run {run_id} ({model_profile.name} profile)")
     for _ in as_completed([chain.stages["qc"] for chain in chains]):  # a pair has ended when its QC has

@@ -93,6 +93,10 @@ def validate_manifest(
     shots: dict[str, Shot] = {}
     checked: set[str] = set()
     s3_sources = _S3Sources(endpoint_url)
+    locks: dict[str, str] = {}  # a shot's lock, from the first of its rows that gives one
+    for row in rows:
+        if row.lock_sha256:
+            locks.setdefault(row.shot_id, row.lock_sha256)
     for row in rows:
         if row.shot_id in checked:
             continue
@@ -125,7 +129,7 @@ def validate_manifest(
                                     "re-export the locked picture"))
             continue
         digest = digest or sha256_file(source)
-        lock = next((r.lock_sha256 for r in rows if r.shot_id == row.shot_id and r.lock_sha256), None)
+        lock = locks.get(row.shot_id)
         if lock and lock != digest:
             problems.append(
                 Problem(

@@ -165,6 +165,29 @@ def test_summary_artifact_lists_every_pair(flow_run) -> None:
     assert len(table) == 5
 
 
+def test_progress_reaches_every_pair_and_the_qc_digest_reports_each(flow_run) -> None:
+    state, run_dir = flow_run
+    run_artifacts = {}
+    with get_client(sync_client=True) as client:
+        for artifact in client.read_artifacts():
+            if artifact.flow_run_id == state.state_details.flow_run_id:
+                run_artifacts[artifact.key] = artifact
+    progress = run_artifacts["localization-progress"]
+    assert progress.type == "progress" and float(progress.data) == 100.0
+    assert "5 of 5 pairs finished" in progress.description
+    digest = run_artifacts["qc-digest"].data
+    delivered = [o for o in state.result(raise_on_failure=False).summary.outcomes if o.status == "delivered"]
+    for outcome in delivered:  # its checks counted and its measured loudness, as in its QC report
+        report = json.loads((run_dir / outcome.shot_id / outcome.language /
+                             f"{outcome.shot_id}_{outcome.language}_qc.json").read_text())
+        loudness = next(c["measured"] for c in report["checks"] if c["name"].startswith("loudness"))
+        passed = sum(c["passed"] for c in report["checks"])
+        assert f"| {outcome.shot_id} | {outcome.language} | delivered | {passed}/{len(report['checks'])} | {loudness} |" \
+            in digest
+    assert f"| {SILENT_SHOT} | de | failed |" in digest and "has no audio track" in digest
+    assert digest.rstrip().splitlines()[-1].startswith("dubflow: 4 of 5 pairs delivered, 1 failed;")
+
+
 def test_invalid_manifest_exits_2_and_runs_nothing(prefect_server, tmp_path: Path, capsys) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("shot_id,source,language,script\n../x,nowhere.mov,fr,\n")
