@@ -84,9 +84,10 @@ def task_runner_for(cluster: str | None = None) -> TaskRunner:
     return ThreadPoolTaskRunner(max_workers=max(4, 2 * torch.cuda.device_count()))
 
 
-def require_gpu_workers(runner: DaskTaskRunner, wait_s: float = GPU_WORKER_WAIT_S) -> int:
-    """The number of the cluster's workers that declare a ``GPU`` resource, once there is one; the
-    GPU stages would otherwise wait forever for a worker that can take them."""
+def require_gpu_workers(runner: DaskTaskRunner) -> int:
+    """The number of the cluster's workers that declare a ``GPU`` resource, once there is one (waiting
+    up to `GPU_WORKER_WAIT_S`); the GPU stages would otherwise wait forever for a worker to take them."""
+    wait_s = GPU_WORKER_WAIT_S
     deadline = time.monotonic() + wait_s
     while True:
         workers = runner.client.scheduler_info(n_workers=-1)["workers"].values()

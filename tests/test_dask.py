@@ -19,6 +19,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
 
 from dubflow.flows.cli import main
+from dubflow.flows import localize as localize_module
 from dubflow.flows.localize import localize
 from dubflow.models.devices import lease_records
 from dubflow.models.lipdub import LipDubModel
@@ -109,3 +110,16 @@ def test_two_gpu_workers_run_lipdub_one_take_each_and_match_the_thread_runner(
         running += change
         most = max(most, running)
     assert most <= 2
+
+
+def test_a_cluster_without_gpu_workers_is_refused_with_the_fix(
+    prefect_server, four_pairs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setattr(localize_module, "GPU_WORKER_WAIT_S", 1.0)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cpu_only:
+        code = main(["run", str(four_pairs), "--out", str(tmp_path), "--cluster", cpu_only.scheduler_address])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "declares a GPU resource" in error and "--resources GPU=1" in error
+    assert not list(tmp_path.iterdir())  # nothing ran, nothing published
