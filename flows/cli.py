@@ -31,6 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--run-id", default=None, help="name of the delivery folder (default: UTC timestamp)")
     run.add_argument("--force", action="store_true",
                      help="compute every stage again instead of reusing stored results ($DUBFLOW_CACHE/work)")
+    run.add_argument("--cache-remote", default=None, metavar="S3_PREFIX",
+                     help="also keep stage results in s3://bucket/prefix, shared by every machine that runs "
+                          "with it ($DUBFLOW_CACHE_REMOTE; store: --endpoint-url)")
     run.add_argument("--cluster", default=None, metavar="ADDRESS",
                      help="run the tasks on the Dask cluster at ADDRESS, e.g. tcp://scheduler:8786, whose GPU "
                           "workers declare --resources GPU=1 ($DUBFLOW_CLUSTER; default: this machine's GPUs)")
@@ -75,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         separator = {f"separator_{key}": getattr(args, f"separator_{key}") for key in ("model", "repo", "device", "shifts")}
         return _run(args.manifest, args.out, args.languages, args.profile, args.run_id, endpoint_url=args.endpoint_url,
-                    force=args.force, cluster=args.cluster, **_delivery(args), **separator)
+                    force=args.force, cluster=args.cluster, cache_remote=args.cache_remote, **_delivery(args),
+                    **separator)
     if args.command == "models":
         return _models(args)
     if args.command == "demo":

@@ -48,13 +48,14 @@ from dubflow.tasks.publish import (
 from dubflow.tasks.qc import qc_key, qc_pair_task
 from dubflow.tasks.remix import remix_key, remix_pair_task
 from dubflow.tasks.separate import separate_key, separate_shot_task, separator_identity, separator_spec
-from dubflow.tasks.stage_cache import StageCache
+from dubflow.tasks.stage_cache import CacheRemoteError, StageCache, check_remote
 from dubflow.tasks.subtitles import subtitle_pair_task, subtitles_key
 from dubflow.tasks.retries import lipdub_timeout_s
 from dubflow.tasks.validate import validate_manifest
 
 EXIT_OK, EXIT_PAIRS_FAILED, EXIT_INVALID_INPUT = 0, 1, 2
 VERSIONED_PACKAGES = ("dubflow", "torch", "diffusers", "transformers", "peft", "demucs", "prefect", "av", "pyloudnorm")
+CACHE_REMOTE_ENV = "DUBFLOW_CACHE_REMOTE"  # s3://bucket/prefix where stage results are shared
 CLUSTER_ENV = "DUBFLOW_CLUSTER"  # a Dask scheduler address, e.g. tcp://dask-scheduler:8786
 CLUSTER_CLASS_ENV = "DUBFLOW_CLUSTER_CLASS"  # or a cluster class to start, e.g. dask_kubernetes.operator.KubeCluster
 CLUSTER_KWARGS_ENV = "DUBFLOW_CLUSTER_KWARGS"  # its keyword arguments, as JSON
@@ -143,6 +144,7 @@ def localize(
     separator_shifts: int | None = None,
     endpoint_url: str | None = None,
     force: bool = False,
+    cache_remote: str | None = None,
 ) -> RunSummary:
     """`loudness`: a profile name or custom target (see `parse_loudness_profile`); `allow_qc_warnings`
     delivers pairs whose QC failed with the failures recorded; `prores` adds the ProRes 422 HQ
@@ -150,7 +152,8 @@ def localize(
     `out` is a folder or s3://bucket/prefix; `endpoint_url` names an S3-compatible store for it and
     for s3:// sources (default: AWS_ENDPOINT_URL, else AWS). Stage results are reused from
     `$DUBFLOW_CACHE/work` when their content inputs are unchanged (`dubflow.tasks.stage_cache`);
-    `force` computes every stage again and replaces what is stored."""
+    `force` computes every stage again and replaces what is stored. `cache_remote` (default
+    `$DUBFLOW_CACHE_REMOTE`), an s3:// prefix, shares stage results between machines."""
     started = time.monotonic()
     loudness_profile = parse_loudness_profile(loudness)
     destination = open_destination(out, endpoint_url)  # a bad --out fails now, not after the GPU work
@@ -165,7 +168,10 @@ def localize(
         print(model_profile.notice)
     print(f"loudness profile {loudness_profile.describe()}")
     run_id = check_run_id(run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
-    cache = StageCache(cache_dir() / "work", force)
+    cache_remote = cache_remote or os.environ.get(CACHE_REMOTE_ENV) or None
+    if cache_remote:
+        check_remote(cache_remote, endpoint_url)
+    cache = StageCache(cache_dir() / "work", force, remote=cache_remote, endpoint_url=endpoint_url)
     # Once per run: they read model files (the LoRA's sha256, the Demucs packages).
     model_identity, separator_params = lipdub_identity(model_profile), separator_identity(separator)
 
@@ -351,7 +357,8 @@ def run_localization(
     if isinstance(result, PairsFailedError):
         print(result.summary.report(), file=sys.stderr)
         return EXIT_PAIRS_FAILED
-    if isinstance(result, (ManifestError, ProfileError, LoudnessProfileError, InvalidDestinationError, ClusterError)):
+    if isinstance(result, (ManifestError, ProfileError, LoudnessProfileError, InvalidDestinationError, ClusterError,
+                           CacheRemoteError)):
         print(result, file=sys.stderr)
         return EXIT_INVALID_INPUT
     print(f"run failed: {result}", file=sys.stderr)

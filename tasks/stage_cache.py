@@ -6,6 +6,12 @@ JSON of the stage name, the stage's version and its content inputs (hashes, text
 parameters, upstream keys) — never a path or a run id, so the same work in another run, folder or
 machine finds it.
 
+With a remote (`--cache-remote s3://bucket/prefix`, `$DUBFLOW_CACHE_REMOTE`), every computed result
+is also uploaded to `<prefix>/<stage>/<key>/` (its files first, `result.json` last), and a result not
+found locally is looked for there before it is computed: machines that share no filesystem (Dask
+workers, CI runners, tomorrow's night run) share finished work. Downloads are checked against the
+sha256 each file was uploaded with.
+
 A stage writes into a fresh temporary folder beside the final one; `result.json` is written last and
 the folder is renamed into place, so a folder under its key is always complete. A process killed
 mid-stage leaves only a temporary folder (a dot-name, never looked up). A result whose files are
@@ -30,11 +36,36 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dubflow.tasks.files import atomic_write_bytes
+from dubflow.tasks.storage import (
+    S3Uri,
+    S3UriError,
+    StorageError,
+    check_bucket,
+    digest_file,
+    download_file,
+    list_keys,
+    parse_s3_uri,
+    s3_client,
+    upload_files,
+)
 
 T = TypeVar("T")
 RESULT_FILE = "result.json"
 # The order the run's computed/reused line names the stages in.
 STAGES = ("separate", "lipdub", "remix", "mux", "mezzanine", "subtitles", "qc")
+
+
+class CacheRemoteError(Exception):
+    """The stage cache's remote cannot be used; found before any work starts."""
+
+
+def check_remote(remote: str, endpoint_url: str | None = None) -> str:
+    """`remote` if it is an s3:// prefix in a bucket these credentials can write to."""
+    try:
+        check_bucket(s3_client(endpoint_url), parse_s3_uri(remote, prefix=True), "write stage results to")
+    except (S3UriError, StorageError) as exc:
+        raise CacheRemoteError(f"--cache-remote: {exc}") from None
+    return remote
 
 
 class StaleResultError(Exception):
@@ -74,6 +105,8 @@ class StageCache:
     root: Path
     force: bool = False
     run: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
+    remote: str | None = None  # s3://bucket/prefix shared by every machine of a run, or None
+    endpoint_url: str | None = None  # of an S3-compatible store for `remote` (None: AWS_ENDPOINT_URL, else AWS)
 
     def result(self, stage: str, key: str, result_type: type[T], compute: Callable[[Path], T]) -> T:
         """The stored result of `stage` under `key`, or `compute(folder)` stored there first.
@@ -86,6 +119,8 @@ class StageCache:
                 found = _load(final, result_type)
             except StaleResultError:
                 found = None
+            if found is None and self.remote:
+                found = self._pull(stage, key, final, result_type)
             if found is not None:
                 return found
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -98,7 +133,41 @@ class StageCache:
             _place(temporary, final)
         finally:
             shutil.rmtree(temporary, ignore_errors=True)  # gone already when it was placed
+        if self.remote:
+            self._push(stage, key, final)
         return _load(final, result_type)
+
+    def _remote_folder(self, stage: str, key: str) -> S3Uri:
+        return parse_s3_uri(self.remote, prefix=True).child(stage, key)
+
+    def _pull(self, stage: str, key: str, final: Path, result_type: type[T]) -> T | None:
+        """The remote copy of a result, downloaded and placed under its key; None if there is none."""
+        client = s3_client(self.endpoint_url)
+        folder = self._remote_folder(stage, key)
+        names = [object_key[len(folder.key) + 1 :] for object_key in list_keys(client, folder)]
+        if RESULT_FILE not in names:
+            return None  # absent, or its upload never finished (result.json goes last)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        temporary = final.with_name(f".{key}.pull-{uuid.uuid4().hex[:8]}")
+        try:
+            for name in sorted(names, key=lambda n: n == RESULT_FILE):  # result.json last, as written
+                download_file(client, folder.child(*name.split("/")), temporary.joinpath(*name.split("/")))
+            _place(temporary, final)
+        finally:
+            shutil.rmtree(temporary, ignore_errors=True)
+        try:
+            return _load(final, result_type)
+        except StaleResultError:
+            return None
+
+    def _push(self, stage: str, key: str, final: Path) -> None:
+        """Upload a placed result: its files, then `result.json`, so a reader never sees half of one."""
+        client = s3_client(self.endpoint_url)
+        folder = self._remote_folder(stage, key)
+        files = [path for path in final.rglob("*") if path.is_file() and path != final / RESULT_FILE]
+        for batch in (files, [final / RESULT_FILE]):
+            upload_files(client, [(path, folder.child(*path.relative_to(final).parts), digest_file(path))
+                                  for path in batch])
 
     def counts(self, results: Iterable[tuple[str, str]]) -> CacheCounts:
         """Of the run's stage results ``(stage, key)`` that exist, how many this run computed (its

@@ -474,6 +474,25 @@ def _check_stored(uri: S3Uri, stored: str | None, digest: FileDigest) -> None:
         )
 
 
+def download_file(client: Any, uri: S3Uri, path: Path) -> None:
+    """The object at `uri` into `path`, checked against the full-file sha256 it was uploaded with
+    (`upload_file` stores it); an object without one is refused rather than trusted."""
+    try:
+        response = client.get_object(Bucket=uri.bucket, Key=uri.key)
+        expected = response.get("Metadata", {}).get(SHA256_METADATA)
+        digest = hashlib.sha256()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as handle:
+            for chunk in response["Body"].iter_chunks(CHUNK):
+                digest.update(chunk)
+                handle.write(chunk)
+    except (ClientError, BotoCoreError) as exc:
+        raise storage_error(exc, client, uri, "read") from None
+    if expected != digest.hexdigest():
+        raise StorageError(f"{uri} has sha256 {digest.hexdigest()}, but was stored as {expected}",
+                           "the object was changed or written by something other than dubflow; delete it")
+
+
 def list_keys(client: Any, prefix: S3Uri) -> list[str]:
     """Every object key inside `prefix` (a folder boundary)."""
     keys: list[str] = []

@@ -14,6 +14,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
@@ -45,6 +46,7 @@ from dubflow.tasks.storage import (
     parse_s3_uri,
     s3_client,
 )
+from dubflow.tasks.stage_cache import CacheCounts, CacheRemoteError, StageCache, check_remote, stage_key
 from dubflow.tasks.validate import validate_manifest
 from s3_server import UPLOADS, WRITES, Fault, MotoServer, S3Relay, free_port
 
@@ -533,3 +535,77 @@ def test_run_from_s3_to_s3_and_no_credential_reaches_any_output(
     for secret in (FAKE_KEY_ID, FAKE_SECRET):
         assert not [text for text in recorded if secret in text]
         assert not [blob for blob in blobs if secret.encode() in blob]
+
+
+# ---- the stage cache's remote -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Take:
+    text: Path
+    words: int
+
+
+def _take(out_dir: Path, text: str) -> _Take:
+    path = out_dir / "nested" / "take.txt"
+    path.parent.mkdir()
+    path.write_text(text)
+    return _Take(path, len(text.split()))
+
+
+def test_stage_results_are_shared_through_the_remote_and_checked_on_the_way_back(
+    moto: MotoServer, tmp_path: Path
+) -> None:
+    bucket = new_bucket(moto)
+    remote = f"s3://{bucket}/work"
+    key = stage_key("unit", 1, text="bonjour tout le monde")
+    machine_a = StageCache(tmp_path / "a", remote=remote, endpoint_url=moto.url)
+    first = machine_a.result("unit", key, _Take, lambda out_dir: _take(out_dir, "bonjour tout le monde"))
+    stored = objects(moto, bucket, "work/")
+    assert set(stored) == {f"work/unit/{key}/nested/take.txt", f"work/unit/{key}/result.json"}
+    assert all(entry["sha256"] for entry in stored.values())
+
+    # Another machine, nothing on its disk: the result comes from the remote, not from computing.
+    machine_b = StageCache(tmp_path / "b", remote=remote, endpoint_url=moto.url)
+    second = machine_b.result("unit", key, _Take, lambda out_dir: pytest.fail("computed, not shared"))
+    assert second.text.read_text() == first.text.read_text() and second.words == 4
+    assert second.text.is_relative_to(tmp_path / "b")
+    assert machine_b.counts([("unit", key)]) == CacheCounts({}, {"unit": 1})
+
+    # An upload that never finished (no result.json) is not a result: it is computed.
+    unfinished = stage_key("unit", 1, text="half")
+    admin(moto).put_object(Bucket=bucket, Key=f"work/unit/{unfinished}/nested/take.txt", Body=b"half")
+    machine_c = StageCache(tmp_path / "c", remote=remote, endpoint_url=moto.url)
+    assert machine_c.result("unit", unfinished, _Take, lambda out_dir: _take(out_dir, "done now")).words == 2
+
+    # A stored file changed behind dubflow's back is refused, not used.
+    admin(moto).put_object(Bucket=bucket, Key=f"work/unit/{key}/nested/take.txt", Body=b"tampered",
+                           Metadata={"sha256": stored[f"work/unit/{key}/nested/take.txt"]["sha256"]})
+    with pytest.raises(StorageError, match="was stored as"):
+        StageCache(tmp_path / "d", remote=remote, endpoint_url=moto.url).result(
+            "unit", key, _Take, lambda out_dir: pytest.fail("computed"))
+
+    with pytest.raises(CacheRemoteError, match="does not exist"):
+        check_remote("s3://no-such-cache-bucket/work", moto.url)
+
+
+def test_a_run_on_another_machine_reuses_every_stage_from_the_remote(
+    prefect_server, moto: MotoServer, samples_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    remote = f"s3://{new_bucket(moto)}/work"
+    sample = pd.read_csv(samples_dir / "manifest.csv", dtype=str, keep_default_na=False)
+    sample = sample[(sample.shot_id == "sc01_sh010") & (sample.language == "fr")].copy()
+    sample["source"] = [str(samples_dir / s) for s in sample.source]
+    manifest = tmp_path / "manifest.csv"
+    sample.to_csv(manifest, index=False)
+    common = ["--cache-remote", remote, "--endpoint-url", moto.url]
+    assert main(["run", str(manifest), "--out", str(tmp_path / "out"), "--run-id", "first", "--force", *common]) == 0
+
+    monkeypatch.setenv("DUBFLOW_CACHE", str(tmp_path / "other-machine"))  # an empty disk
+    caplog.clear()
+    assert main(["run", str(manifest), "--out", str(tmp_path / "out"), "--run-id", "second", *common]) == 0
+    assert "computed: nothing; reused: separate 1, lipdub 1, remix 1, mux 1, subtitles 1, qc 1" in caplog.text
+    first, second = (json.loads((tmp_path / "out" / run / "delivery.json").read_text()) for run in ("first", "second"))
+    assert [(f["path"], f["sha256"]) for f in first["files"]] == [(f["path"], f["sha256"]) for f in second["files"]]
