@@ -44,7 +44,7 @@ class DubbedTake:
     seed: int
     picture: Path  # lossless picture master (PNG in MOV): the source's frame count, rate and size
     audio: Path  # the model's generated audio at the model's rate
-    memory_mode: str  # "standard", or "low-memory" when the take was redone after running out of GPU memory
+    memory_mode: str = "standard"  # or "low-memory": the take was redone after running out of GPU memory
 
 
 def pair_seed(shot: Shot, language: str) -> int:

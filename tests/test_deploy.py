@@ -292,7 +292,8 @@ def test_dask_gpu_worker_spec_starts_real_workers_with_one_gpu_each(tmp_path: Pa
     scheduler_port = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "comm")
     assert args[2] == f"tcp://{service['metadata']['name']}:{scheduler_port}"
     assert args[args.index("--resources") + 1] == "GPU=1"
-    assert args[args.index("--nthreads") + 1] == "1"
+    threads = int(args[args.index("--nthreads") + 1])
+    assert threads > 1  # the CPU stages run beside the worker's one GPU task
 
     from distributed import Client
 
@@ -312,7 +313,7 @@ def test_dask_gpu_worker_spec_starts_real_workers_with_one_gpu_each(tmp_path: Pa
                 client.wait_for_workers(1, timeout=90)
                 (info,) = client.scheduler_info()["workers"].values()
             assert info["resources"] == {"GPU": 1}, _tail(log)
-            assert info["nthreads"] == 1
+            assert info["nthreads"] == threads
         finally:
             if worker is not None:
                 _stop(worker)
