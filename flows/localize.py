@@ -31,6 +31,7 @@ from prefect_dask import DaskTaskRunner
 
 from dubflow.flows.report import Progress, RunSummary, publish_artifacts, read_run_seconds
 from dubflow.manifests.schema import ManifestError, ManifestRow
+from dubflow.models.devices import lease_records
 from dubflow.models.profiles import ModelProfile, ProfileError, cache_dir, resolve_profile
 from dubflow.models.separator import SeparatorSpec
 from dubflow.tasks.audio import LoudnessProfile, LoudnessProfileError, parse_loudness_profile
@@ -60,7 +61,6 @@ CLUSTER_ENV = "DUBFLOW_CLUSTER"  # a Dask scheduler address, e.g. tcp://dask-sch
 CLUSTER_CLASS_ENV = "DUBFLOW_CLUSTER_CLASS"  # or a cluster class to start, e.g. dask_kubernetes.operator.KubeCluster
 CLUSTER_KWARGS_ENV = "DUBFLOW_CLUSTER_KWARGS"  # its keyword arguments, as JSON
 GPU_WORKER_WAIT_S = 120.0  # how long a run waits for a cluster's first GPU worker (an autoscaler may be starting it)
-MODEL_STAGES = ("separate", "lipdub")  # the stages whose time is counted as device-seconds
 
 
 class ClusterError(Exception):
@@ -102,6 +102,18 @@ def require_gpu_workers(runner: DaskTaskRunner) -> int:
                 "--resources GPU=1` and CUDA_VISIBLE_DEVICES set (see deploy/dask-gpu-worker.yaml)"
             )
         time.sleep(1.0)
+
+
+def held_device_seconds(runner: TaskRunner) -> float:
+    """Seconds model stages have held devices so far, in this process or, on a Dask cluster, in
+    every worker (a worker shared with another run counts that run's stages too)."""
+    if isinstance(runner, DaskTaskRunner):
+        return sum(runner.client.run(_held_seconds).values())
+    return _held_seconds()
+
+
+def _held_seconds() -> float:
+    return sum(sum(record.held_seconds.values()) for record in lease_records().values())
 
 
 def gpu_stage(on_gpu: bool = True) -> AbstractContextManager:
@@ -179,6 +191,7 @@ def localize(
     # workers are GPU workers); in this process the device leases keep one model stage per GPU.
     separating_on_gpu = separator.device.startswith("cuda")
     take_timeout_s = lipdub_timeout_s()
+    held_at_start = held_device_seconds(runner)
 
     rows_by_shot: dict[str, list[ManifestRow]] = {}
     for row in validated.rows:
@@ -226,7 +239,8 @@ def localize(
         progress.pair_finished()
     wait([future for chain in chains for future in chain.stages.values()])
 
-    outcomes, files, qc_reports, device_seconds = collect(chains)
+    device_seconds = held_device_seconds(runner) - held_at_start
+    outcomes, files, qc_reports = collect(chains)
     run_dir = publish_task(destination, run_id, files, outcomes,
                            run_info(validated.path, model_profile, separator, loudness_profile)).location
     summary = RunSummary(
@@ -242,11 +256,9 @@ def localize(
     return summary
 
 
-def collect(
-    chains: list[PairChain],
-) -> tuple[list[PairOutcome], list[DeliveryFile], dict[tuple[str, str], Path], float]:
-    """Each pair's outcome (the first failed stage names the reason), the files and QC reports of
-    delivered pairs, and the seconds the run's model stages took."""
+def collect(chains: list[PairChain]) -> tuple[list[PairOutcome], list[DeliveryFile], dict[tuple[str, str], Path]]:
+    """Each pair's outcome (the first failed stage names the reason) and the files and QC reports of
+    delivered pairs."""
     outcomes: list[PairOutcome] = []
     files: list[DeliveryFile] = []
     qc_reports: dict[tuple[str, str], Path] = {}
@@ -254,9 +266,6 @@ def collect(
     finished = [future for chain in chains for future in chain.stages.values() if future.state.is_final()]
     with get_client(sync_client=True) as client:
         seconds = read_run_seconds(client, {future.task_run_id for future in finished})
-    model_stages = {future.task_run_id for chain in chains for name, future in chain.stages.items()
-                    if name in MODEL_STAGES}
-    device_seconds = sum(seconds[run_id] for run_id in model_stages if run_id in seconds)
     for chain in chains:
         row = chain.row
         pair_seconds = sum(
@@ -301,7 +310,7 @@ def collect(
         if row.shot_id not in shared_beds:
             shared_beds.add(row.shot_id)
             files.append(DeliveryFile(separated.bed, f"{row.shot_id}/{row.shot_id}_me.wav", "me", row.shot_id, None))
-    return outcomes, files, qc_reports, device_seconds
+    return outcomes, files, qc_reports
 
 
 def run_info(manifest_path: Path, profile: ModelProfile, separator: SeparatorSpec, loudness: LoudnessProfile) -> dict:

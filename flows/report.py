@@ -35,7 +35,7 @@ class RunSummary:
     notice: str | None
     cache: CacheCounts  # stage results computed and reused by this run
     device: str  # "GPU" or "CPU": where the model stages ran
-    device_seconds: float  # time the model stages (LipDub, separation) of this run held their devices
+    device_seconds: float  # time this run's model stages (LipDub, separation) held their devices (leases)
     wall_seconds: float
 
     @property
@@ -45,7 +45,7 @@ class RunSummary:
     def last_line(self) -> str:
         delivered = len(self.outcomes) - len(self.failed)
         return (f"dubflow: {delivered} of {len(self.outcomes)} pairs delivered, {len(self.failed)} failed; "
-                f"{self.device_seconds:.1f} {self.device}-seconds in model stages; wall {self.wall_seconds:.1f} s")
+                f"{self.device_seconds:.1f} {self.device}-seconds held by model stages; wall {self.wall_seconds:.1f} s")
 
     def report(self) -> str:
         lines = [f"{'shot':<16} {'lang':<6} {'status':<10} {'seconds':>8}  reason"]
