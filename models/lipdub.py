@@ -185,12 +185,7 @@ class LipDubModel:
         window_frames: int = DEFAULT_WINDOW_FRAMES,
         window_overlap: int = DEFAULT_WINDOW_OVERLAP,
     ) -> None:
-        multiple = pipe.frame_multiple
-        if (window_frames - 1) % multiple or window_frames <= window_overlap or window_overlap < 1:
-            raise ValueError(
-                f"window_frames must be {multiple}k+1 and longer than window_overlap >= 1, "
-                f"got {window_frames} and {window_overlap}"
-            )
+        _check_window(window_frames, window_overlap, pipe.frame_multiple)
         self.pipe = pipe
         self.reference_downscale_factor = reference_downscale_factor
         self.identity = identity  # names the weights and LoRA: part of every cache key downstream
@@ -421,9 +416,7 @@ class LipDubModel:
     def plan_windows(self, num_frames: int, window_frames: int | None = None) -> list[tuple[int, int]]:
         """``(start, frames)`` per window: one window if the shot fits, else overlapping full windows."""
         window_frames = window_frames or self.window_frames
-        if (window_frames - 1) % self.frame_multiple or window_frames <= self.window_overlap:
-            raise ValueError(f"window_frames must be {self.frame_multiple}k+1 and longer than the "
-                             f"{self.window_overlap}-frame overlap, got {window_frames}")
+        _check_window(window_frames, self.window_overlap, self.frame_multiple)
         if num_frames <= window_frames:
             return [(0, num_frames)]
         stride = window_frames - self.window_overlap
@@ -457,6 +450,14 @@ def _use_memory_options(pipe: LTX2LipDubPipeline, fp8_weights: bool) -> None:
         pipe.vae.enable_tiling()
     if fp8_weights:
         pipe.transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=pipe.transformer.dtype)
+
+
+def _check_window(window_frames: int, window_overlap: int, frame_multiple: int) -> None:
+    if (window_frames - 1) % frame_multiple or window_frames <= window_overlap or window_overlap < 1:
+        raise ValueError(
+            f"window_frames must be {frame_multiple}k+1 and longer than window_overlap >= 1, "
+            f"got {window_frames} and {window_overlap}"
+        )
 
 
 def _check_shot(shot: SourceShot) -> np.ndarray:

@@ -314,19 +314,15 @@ def _download(client: Any, uri: S3Uri, etag: str, size: int, sources: Path) -> s
     for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
         fd, tmp = tempfile.mkstemp(dir=sources, prefix=".download-", suffix=".part")
         try:
-            digest = hashlib.sha256()
             with os.fdopen(fd, "wb") as handle:
                 # IfMatch: every byte comes from the version the HEAD saw, even across retries.
-                body = client.get_object(Bucket=uri.bucket, Key=uri.key, IfMatch=etag)["Body"]
-                for chunk in body.iter_chunks(CHUNK):
-                    digest.update(chunk)
-                    handle.write(chunk)
+                digest = _write_body(client.get_object(Bucket=uri.bucket, Key=uri.key, IfMatch=etag)["Body"], handle)
                 handle.flush()
                 os.fsync(handle.fileno())
             if Path(tmp).stat().st_size != size:
                 raise IncompleteReadError(actual_bytes=Path(tmp).stat().st_size, expected_bytes=size)
-            os.replace(tmp, sources / digest.hexdigest())
-            return digest.hexdigest()
+            os.replace(tmp, sources / digest)
+            return digest
         except (ResponseStreamingError, IncompleteReadError, ReadTimeoutError) as exc:
             Path(tmp).unlink(missing_ok=True)
             if attempt == DOWNLOAD_ATTEMPTS:
@@ -480,17 +476,23 @@ def download_file(client: Any, uri: S3Uri, path: Path) -> None:
     try:
         response = client.get_object(Bucket=uri.bucket, Key=uri.key)
         expected = response.get("Metadata", {}).get(SHA256_METADATA)
-        digest = hashlib.sha256()
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as handle:
-            for chunk in response["Body"].iter_chunks(CHUNK):
-                digest.update(chunk)
-                handle.write(chunk)
+            digest = _write_body(response["Body"], handle)
     except (ClientError, BotoCoreError) as exc:
         raise storage_error(exc, client, uri, "read") from None
-    if expected != digest.hexdigest():
-        raise StorageError(f"{uri} has sha256 {digest.hexdigest()}, but was stored as {expected}",
+    if expected != digest:
+        raise StorageError(f"{uri} has sha256 {digest}, but was stored as {expected}",
                            "the object was changed or written by something other than dubflow; delete it")
+
+
+def _write_body(body: Any, handle: Any) -> str:
+    """Copy a GetObject body into an open file; its sha256, computed on the way."""
+    digest = hashlib.sha256()
+    for chunk in body.iter_chunks(CHUNK):
+        digest.update(chunk)
+        handle.write(chunk)
+    return digest.hexdigest()
 
 
 def list_keys(client: Any, prefix: S3Uri) -> list[str]:
