@@ -38,10 +38,8 @@ parent times the whole process, the child reports its stages. The per-clip figur
 time less making the synthetic shot (input the resident batch makes outside its timing too). The
 random-weight build (~6 s on an H100) stands in for loading weights: a real load reads ~70 GB of
 weights from disk, far slower, so the measured per-clip cost is a lower bound of the upstream CLI's.
-On the other side, the child runs dubflow's model, which on an 80 GB card in bf16 makes a page-locked
-host copy of the text encoder after encoding it (BENCHMARKS.md: a process's first text encode took
-27 s on the lent H100, the encoding itself 0.6 s) where a one-clip CLI could just drop the encoder:
-the child's text_encode is reported apart, so it can be discounted.
+The child's text_encode is reported apart (the text encoder stays on the GPU while takes fit beside
+it; one that does not moves it to host memory once, a cost a one-clip CLI shares).
 Only the clips named are measured; the projection to the whole batch is printed as an extrapolation.
 
 The weights are random: outputs are noise; only time and GPU activity mean anything.
@@ -58,6 +56,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import asdict
 from fractions import Fraction
 from pathlib import Path
 
@@ -65,7 +64,7 @@ import torch
 
 from dubflow.models.lipdub import LipDubModel, SourceShot, build_prompt, build_random_model
 from dubflow.models.profiles import RANDOM_WEIGHTS_SEED
-from lipdub_gpu import synthetic_shot  # bench/ is on sys.path when the scripts here run
+from lipdub_gpu import add_kernel_arguments, kernel_arguments, kernels_from_args, synthetic_shot  # bench/ on sys.path
 from lipdub_plain_route import ARCHITECTURES, Clock, device_and_dtype
 
 FPS = Fraction(24)
@@ -101,7 +100,8 @@ class _Utilization(ctypes.Structure):
 class GpuBusy:
     """NVML's GPU utilisation polled from a thread while the block runs; ``fraction`` is their mean / 100."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: str | None = None) -> None:
+        """``device``: an NVML index or UUID; default: the first entry of CUDA_VISIBLE_DEVICES."""
         self.samples: list[int] = []
         self.device_name: str | None = None
         self.unavailable: str | None = None  # why there is no figure, when there is none
@@ -113,7 +113,7 @@ class GpuBusy:
             self.unavailable = f"NVML not available: {error}"
             return
         self._handle = ctypes.c_void_p()
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip() or "0"
+        visible = device or os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip() or "0"
         status = self._nvml.nvmlInit_v2()
         if not status and visible.startswith(("GPU-", "MIG-")):
             status = self._nvml.nvmlDeviceGetHandleByUUID(visible.encode(), ctypes.byref(self._handle))
@@ -180,7 +180,7 @@ def run_child(args: argparse.Namespace, size: tuple[int, int]) -> None:
     timings: dict[str, float] = {}
     clock = Clock(device)
     model = build_random_model(ARCHITECTURES[args.architecture], str(device), dtype, RANDOM_WEIGHTS_SEED,
-                               args.fp8_weights)
+                               kernels_from_args(args))
     clock.lap(timings, "build")
     shot = make_shot(shot_index, size, args.frames)
     clock.lap(timings, "make_shot")
@@ -200,7 +200,7 @@ def run_fresh_processes(args: argparse.Namespace, pairs: list[tuple[int, int]]) 
     for shot_index, language in pairs:
         command = [sys.executable, str(Path(__file__).resolve()), "--child", f"{shot_index},{language}",
                    "--architecture", args.architecture, "--size", args.size, "--frames", str(args.frames)]
-        command += ["--fp8-weights"] if args.fp8_weights else []
+        command += kernel_arguments(args)
         start = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True)
         wall = time.perf_counter() - start
@@ -233,8 +233,7 @@ def main() -> None:
     parser.add_argument("--languages", type=int, default=3, help=f"1-{len(LANGUAGES)} per shot")
     parser.add_argument("--fresh-process-clips", type=int, default=3,
                         help="pairs (the batch's first) also run one per fresh process; 0 skips that part")
-    parser.add_argument("--fp8-weights", action="store_true",
-                        help="transformer weights stored in float8 ($DUBFLOW_FP8_WEIGHTS=1): Gemma stays on the GPU")
+    add_kernel_arguments(parser)
     parser.add_argument("--json", default=None)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # "S,L": run one pair, print its stages
     args = parser.parse_args()
@@ -252,7 +251,7 @@ def main() -> None:
           f"{args.languages} languages at {args.size}x{args.frames}, {FPS} fps", flush=True)
     results: dict = {"dtype": str(dtype), "torch": torch.__version__, "architecture": args.architecture,
                      "size": args.size, "frames": args.frames, "fps": str(FPS), "shots": args.shots,
-                     "languages": args.languages, "fp8_weights": args.fp8_weights}
+                     "languages": args.languages, "kernels": asdict(kernels_from_args(args))}
 
     # Fresh processes first: this process holds no model yet, so each child has the whole GPU.
     fresh: list[dict] = []
@@ -270,7 +269,7 @@ def main() -> None:
     print(f"device: {results['device']}", flush=True)
     build = Clock(device)
     model = build_random_model(ARCHITECTURES[args.architecture], str(device), dtype, RANDOM_WEIGHTS_SEED,
-                               args.fp8_weights)
+                               kernels_from_args(args))
     build_s = build.total()
     shots = [make_shot(s, size, args.frames) for s in range(args.shots)]
     with GpuBusy() as busy:

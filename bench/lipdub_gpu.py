@@ -27,7 +27,7 @@ import torch
 
 from dubflow.models.lipdub import SourceShot, build_prompt, build_random_model
 from dubflow.models.ltx2_architectures import LTX_2_3
-from dubflow.models.profiles import RANDOM_WEIGHTS_SEED
+from dubflow.models.profiles import RANDOM_WEIGHTS_SEED, Kernels
 
 STAGES = ("text_encode", "reference_encode", "stage_1", "upsample", "stage_2", "decode")
 
@@ -69,6 +69,24 @@ def relative_error(value: np.ndarray, reference: np.ndarray) -> float:
     return float(np.linalg.norm(value - reference) / np.linalg.norm(reference))
 
 
+def add_kernel_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model's GPU kernels (models/profiles.Kernels), as $DUBFLOW_FP8_WEIGHTS/_ATTENTION/_COMPILE set them."""
+    parser.add_argument("--fp8-weights", action="store_true", help="transformer weights stored in float8")
+    parser.add_argument("--attention", default=Kernels().attention, help="a diffusers attention backend")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the transformer block")
+
+
+def kernels_from_args(args: argparse.Namespace) -> Kernels:
+    return Kernels(fp8_weights=args.fp8_weights, attention=args.attention, compile_blocks=args.compile)
+
+
+def kernel_arguments(args: argparse.Namespace) -> list[str]:
+    """``add_kernel_arguments``' options as a child process's argument list."""
+    return (["--fp8-weights"] if args.fp8_weights else []) + ["--attention", args.attention] + (
+        ["--compile"] if args.compile else [])
+
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1280x720,1920x1080")
@@ -88,7 +106,8 @@ def main() -> None:
     for storage in args.weights.split(","):
         torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        model = build_random_model(LTX_2_3, "cuda", torch.bfloat16, RANDOM_WEIGHTS_SEED, fp8_weights=storage == "fp8")
+        model = build_random_model(LTX_2_3, "cuda", torch.bfloat16, RANDOM_WEIGHTS_SEED,
+                                   Kernels(fp8_weights=storage == "fp8"))
         torch.cuda.synchronize()
         variant = {"build_s": time.perf_counter() - start, "weights_gib": torch.cuda.memory_allocated() / 2**30,
                    "sizes": {}}

@@ -4,7 +4,10 @@ Expected GPU time (one H100, full-size LTX-2.3, bf16, 1280x768x121, --repeats 3)
 process start and imports, 6 s model build, ~80 s per repeat (both routes), ~20 s for the agreement check.
 
     python bench/lipdub_plain_route.py [--architecture ltx-2.3|smoke] [--size 1280x768] [--frames 121]
-                                       [--repeats 3] [--json out.json]
+                                       [--repeats 3] [--attention B] [--compile] [--skip-default-route]
+                                       [--json out.json]
+
+With --compile add about a minute for compiling, and a minute a repeat for dubflow-default.
 
 One set of random weights (``build_random_model``: the full-size LTX-2.3 architecture built on the GPU,
 or the tiny ``smoke`` one, which also runs on a CPU), one synthetic shot (``synthetic_shot`` from
@@ -24,8 +27,9 @@ it extra time per forward).
 
 1. Text: ``LTX2InContextPipeline.encode_prompt`` once per process, before any clip (Gemma is still
    on the GPU from the build), passed to both stages of every plain clip as ``prompt_embeds`` (the docs
-   pass the prompt string to each stage, which runs Gemma twice); Gemma is then released to host
-   memory as dubflow does. Under ``torch.inference_mode()``, as diffusers' own ``__call__`` runs it:
+   pass the prompt string to each stage, which runs Gemma twice); before each plain clip Gemma is
+   moved to host memory, as its user would drop it (the plain route's take does not fit beside it on
+   an 80 GB card); dubflow's clips keep it on the GPU as dubflow does. Under ``torch.inference_mode()``, as diffusers' own ``__call__`` runs it:
    called bare, ``encode_prompt`` records Gemma's activations for autograd and ran out of memory on the
    H100 (77 GiB allocated). Text encoding is the same Gemma call on both routes, so the plain clips
    carry none and the routes are compared on ``generate`` (clip minus text encode).
@@ -57,11 +61,19 @@ Differences that remain, on purpose:
   once per clip, since each clip is timed as a new shot); diffusers re-encodes them inside each call;
 - the noise: both draw it from a CPU generator seeded alike, but in different orders and shapes.
 
-Timing: each route per clip, the device synchronised at every mark. Each repeat runs dubflow then
-plain. The first run of each route is reported on its own (the process's very first clip also makes
-the text encoder's page-locked host copy, about 10 s on an H100); the median of the later runs is the
-warm figure, and ``plain / dubflow`` is the ratio of the warm medians, for the whole clip and for
-"generate" (the clip without the text encode, which both routes do the same way).
+Kernels: ``--fp8-weights``/``--attention``/``--compile`` build dubflow's model with those
+``Kernels`` (models/profiles.py), as ``$DUBFLOW_*`` set them for the flow. The plain route shares
+the transformer, so it always runs under PyTorch's default attention and uncompiled
+(``default_kernels``: diffusers' "native" backend, ``torch.compiler.set_stance("force_eager")``);
+with kernels other than the defaults, route "dubflow-default" (dubflow on the default kernels) also
+runs unless ``--skip-default-route``. fp8 weights would reach the plain route too, so they are refused.
+
+Timing: each route per clip, the device synchronised at every mark. Each repeat runs the routes in
+the order above. The first run of each route is reported on its own (the process's very first clip
+also makes the text encoder's page-locked host copy; a compiled model compiles in its first runs);
+the median of the later runs is the warm figure, and ``plain / <route>`` is the ratio of the warm
+medians, for the whole clip and for "generate" (the clip without the text encode, which both routes
+do the same way).
 
 Agreement: with the differences above the two full takes are different samples, so they are not
 compared. They are compared where the algorithms coincide — stage 1 (8 steps), the x2 upsample and
@@ -89,8 +101,8 @@ import json
 import statistics
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import replace
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, replace
 from fractions import Fraction
 
 import numpy as np
@@ -105,8 +117,8 @@ from diffusers.pipelines.ltx2.utils import DISTILLED_SIGMA_VALUES, STAGE_2_DISTI
 from dubflow.models.lipdub import LipDubModel, PreparedShot, SourceShot, build_prompt, build_random_model
 from dubflow.models.lipdub_pipeline import STAGE_1_SIGMAS, STAGE_2_SIGMAS, LTX2LipDubPipeline, Tokens
 from dubflow.models.ltx2_architectures import LTX_2_3, SMOKE
-from dubflow.models.profiles import RANDOM_WEIGHTS_SEED
-from lipdub_gpu import relative_error, synthetic_shot  # bench/lipdub_gpu.py: scripts here run with bench/ on sys.path
+from dubflow.models.profiles import RANDOM_WEIGHTS_SEED, Kernels
+from lipdub_gpu import add_kernel_arguments, kernels_from_args, relative_error, synthetic_shot  # bench/lipdub_gpu.py: scripts here run with bench/ on sys.path
 
 ARCHITECTURES = {"ltx-2.3": LTX_2_3, "smoke": SMOKE}
 FPS = Fraction(24)
@@ -180,14 +192,12 @@ class PlainRoute:
             pipe.set_progress_bar_config(disable=True)
 
     def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-        # Gemma goes where dubflow puts it (on the GPU to encode, back to host memory when the card is short).
-        self.model._restore_text_encoder()
+        self.model.onload_text_encoder()
         with torch.inference_mode():
             embeds, mask, _, _ = self.pipe.encode_prompt(
                 prompt, do_classifier_free_guidance=False,
                 max_sequence_length=min(PROMPT_TOKENS, self.pipe.tokenizer_max_length),
             )
-        self.model._release_text_encoder_if_short()
         return embeds, mask
 
     def generate(
@@ -277,6 +287,8 @@ def run_plain(
     shot: SourceShot, device: torch.device,
 ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     timings: dict[str, float] = {"text_encode": 0.0}  # encoded once per process, before the first clip
+    # The plain route's user drops the text encoder after encoding (it would not fit beside its take).
+    route.model.offload_text_encoder()
     clock = Clock(device)
     frames, audio = route.generate(prompt, reference, shot, clock, timings)
     timings["clip"] = clock.total()
@@ -312,15 +324,33 @@ def without_voice_reference(prepared: PreparedShot) -> PreparedShot:
     return replace(prepared, windows=tuple(strip(window) for window in prepared.windows))
 
 
+@contextmanager
+def default_kernels(model: LipDubModel) -> Iterator[None]:
+    """The shared transformer on PyTorch's own attention choice, uncompiled, for the block."""
+    transformer = model.pipe.transformer
+    on_gpu = model.device.type == "cuda"  # a CPU model runs as built: native attention, uncompiled
+    if on_gpu:
+        transformer.set_attention_backend("native")
+    try:
+        with torch.compiler.set_stance("force_eager"):
+            yield
+    finally:
+        if on_gpu:
+            transformer.set_attention_backend(model.kernels.attention)
+
+
 def compare_stage_1(
-    model: LipDubModel, route: PlainRoute, shot: SourceShot, prompt: tuple[torch.Tensor, torch.Tensor]
+    model: LipDubModel, route: PlainRoute, shot: SourceShot, prompt: tuple[torch.Tensor, torch.Tensor],
+    kernels: str,
 ) -> dict[str, float]:
-    """Stage 1 -> upsample -> decode on both routes from identical inputs (see the module docstring)."""
+    """Stage 1 -> upsample -> decode on both routes from identical inputs (see the module docstring),
+    dubflow on its model's kernels (``kernels="model"``) or the default ones, diffusers on the default."""
     prepared = without_voice_reference(model.prepare_shot(shot))
-    with recorded_noise(model.pipe) as noise:
+    with recorded_noise(model.pipe) as noise, (default_kernels(model) if kernels == "default" else nullcontext()):
         ours = model.dub(prepared, PROMPT, SEED, stage_2_sigmas=(0.0,))
     video_noise, audio_noise = noise[0], noise[1]  # stage 1's video and audio noise, as drawn
-    frames, audio = route.stage_1_from_noise(prompt, shot, video_noise, audio_noise)
+    with default_kernels(model):
+        frames, audio = route.stage_1_from_noise(prompt, shot, video_noise, audio_noise)
     samples = min(audio.shape[-1], ours.audio.shape[-1])
     return {
         "frames_relative_l2": relative_error(ours.frames, frames),
@@ -350,10 +380,16 @@ def main() -> None:
     parser.add_argument("--size", default="1280x768", help="WxH; multiples of 64 (both routes then do the same work)")
     parser.add_argument("--frames", type=int, default=121, help="8k+1")
     parser.add_argument("--repeats", type=int, default=3, help="runs per route; the first is reported apart")
+    add_kernel_arguments(parser)
+    parser.add_argument("--skip-default-route", action="store_true",
+                        help="with kernels other than the defaults, do not also run dubflow on the default ones")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    kernels = kernels_from_args(args)
+    if kernels.fp8_weights:
+        parser.error("--fp8-weights would give the plain route float8 weights too (one shared transformer)")
     width, height = (int(v) for v in args.size.split("x"))
     if width % SIZE_MULTIPLE or height % SIZE_MULTIPLE or (args.frames - 1) % FRAME_MULTIPLE:
         # dubflow would pad such a shot and diffusers would not: the routes would not do the same work.
@@ -362,7 +398,7 @@ def main() -> None:
     device, dtype = device_and_dtype(args.architecture)
 
     build = Clock(device)
-    model = build_random_model(ARCHITECTURES[args.architecture], str(device), dtype, RANDOM_WEIGHTS_SEED)
+    model = build_random_model(ARCHITECTURES[args.architecture], str(device), dtype, RANDOM_WEIGHTS_SEED, kernels)
     build_s = build.total()
     route = PlainRoute(model)
     encode = Clock(device)
@@ -376,15 +412,22 @@ def main() -> None:
           f"shot {width}x{height}x{args.frames} at {FPS} fps; plain route's one text encode {plain_text_encode_s:.1f} s",
           flush=True)
 
-    runs: dict[str, list[dict[str, float]]] = {"dubflow": [], "plain": []}
+    # "dubflow" runs on the kernels asked for; with any but the defaults, "dubflow-default" runs too.
+    names = ["dubflow"] + (["dubflow-default"] if kernels != Kernels() and not args.skip_default_route else []) + [
+        "plain"]
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     for repeat in range(args.repeats):
         for name in runs:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             if name == "dubflow":
                 timings, frames, audio = run_dubflow(model, shot, device)
+            elif name == "dubflow-default":
+                with default_kernels(model):
+                    timings, frames, audio = run_dubflow(model, shot, device)
             else:
-                timings, frames, audio = run_plain(route, prompt, reference, shot, device)
+                with default_kernels(model):
+                    timings, frames, audio = run_plain(route, prompt, reference, shot, device)
             assert frames.shape == shot.frames.shape and audio.ndim == 2, (name, frames.shape, audio.shape)
             timings["generate"] = timings["clip"] - timings["text_encode"]
             timings.update(counter.take())
@@ -394,10 +437,13 @@ def main() -> None:
             print(f"run {repeat + 1} {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()), flush=True)
 
     routes = {name: summarise(route_runs) for name, route_runs in runs.items()}
-    plain, ours = routes["plain"]["median_warm"], routes["dubflow"]["median_warm"]
-    ratio = {key: plain[key] / ours[key] for key in ("clip", "generate")}
+    plain = routes["plain"]["median_warm"]
+    ratios = {name: {key: plain[key] / routes[name]["median_warm"][key] for key in ("clip", "generate")}
+              for name in names if name != "plain"}
     print("\nagreement check: stage 1 -> upsample -> decode, same noise, picture reference only ...", flush=True)
-    agreement = compare_stage_1(model, route, shot, prompt)
+    agreement = {"dubflow": compare_stage_1(model, route, shot, prompt, kernels="model")}
+    if "dubflow-default" in names:
+        agreement["dubflow-default"] = compare_stage_1(model, route, shot, prompt, kernels="default")
 
     print("\n| route | first clip s | warm clip s | warm generate s | warm stages s | forwards (max batch) "
           "| peak GiB |")
@@ -408,17 +454,20 @@ def main() -> None:
                            if k not in ("clip", "generate", "transformer_forwards", "max_batch", "peak_gib"))
         print(f"| {name} | {summary['first']['clip']:.2f} | {m['clip']:.2f} | {m['generate']:.2f} | {stages} | "
               f"{m['transformer_forwards']:.0f} ({m['max_batch']:.0f}) | {m.get('peak_gib', float('nan')):.1f} |")
-    print(f"\nplain / dubflow (median of {routes['plain']['warm_runs']} warm runs): clip {ratio['clip']:.3f}, "
-          f"generate {ratio['generate']:.3f}")
-    print(f"agreement (dubflow vs diffusers, stage 1 -> upsample -> decode, voice reference off): relative L2 "
-          f"frames {agreement['frames_relative_l2']:.2e} (max {agreement['frames_max_abs_levels']} levels), "
-          f"audio {agreement['audio_relative_l2']:.2e}")
+    print(f"\ndubflow's kernels: {kernels}")
+    for name, ratio in ratios.items():
+        print(f"plain / {name} (median of {routes['plain']['warm_runs']} warm runs): clip {ratio['clip']:.3f}, "
+              f"generate {ratio['generate']:.3f}")
+    for name, errors in agreement.items():
+        print(f"agreement ({name} vs diffusers, stage 1 -> upsample -> decode, voice reference off): relative L2 "
+              f"frames {errors['frames_relative_l2']:.2e} (max {errors['frames_max_abs_levels']} levels), "
+              f"audio {errors['audio_relative_l2']:.2e}")
     if args.json:
         results = {
             "device": label, "dtype": str(dtype), "torch": torch.__version__, "architecture": args.architecture,
             "size": args.size, "frames": args.frames, "fps": str(FPS), "build_s": build_s,
-            "plain_text_encode_once_s": plain_text_encode_s,
-            "routes": routes, "plain_over_dubflow": ratio, "agreement_stage_1": agreement,
+            "kernels": asdict(kernels), "plain_text_encode_once_s": plain_text_encode_s,
+            "routes": routes, "plain_over": ratios, "agreement_stage_1": agreement,
         }
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2)

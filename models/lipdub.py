@@ -48,7 +48,7 @@ from dubflow.models.lipdub_pipeline import (
     ShotReferences,
 )
 from dubflow.models.ltx2_architectures import SMOKE, LTX2Architecture, build_components
-from dubflow.models.profiles import LIPDUB_LORA_FILE
+from dubflow.models.profiles import LIPDUB_LORA_FILE, Kernels
 from dubflow.models.residency import resident
 from dubflow.tasks.files import sha256_file
 
@@ -85,8 +85,6 @@ DEFAULT_WINDOW_OVERLAP = 24
 # Prepared shots (reference encodings) kept per model: a shot's languages usually run back to back.
 _PREPARED_CACHE = 4
 _PROMPT_CACHE = 256
-# GPU memory a clip's sampling and decoding may need beyond the weights (1080p, 121 frames, tiled VAE).
-GPU_RESERVE_BYTES = 24 * 2**30
 # Frames per float resize: bounds the float32 working set at full HD to a few hundred MB.
 _RESIZE_CHUNK = 16
 
@@ -182,18 +180,24 @@ class LipDubModel:
         *,
         reference_downscale_factor: int,
         identity: str,
+        kernels: Kernels = Kernels(),
         window_frames: int = DEFAULT_WINDOW_FRAMES,
         window_overlap: int = DEFAULT_WINDOW_OVERLAP,
     ) -> None:
         _check_window(window_frames, window_overlap, pipe.frame_multiple)
         self.pipe = pipe
+        # Read once: diffusers' `ModelMixin.device` walks every submodule (about 4,000 in LTX-2.3's
+        # transformer, ~9 ms a call), and moving the text encoder asks it for each of 1,071 tensors.
+        self.device: torch.device = pipe.transformer.device
         self.reference_downscale_factor = reference_downscale_factor
         self.identity = identity  # names the weights and LoRA: part of every cache key downstream
+        self.kernels = kernels  # as `_use_kernels` applied them to the pipeline
         self.window_frames = window_frames
         self.window_overlap = window_overlap
         self.reference_encodings = 0  # prepared shots actually encoded (not served from the cache)
-        self.gpu_reserve_bytes = GPU_RESERVE_BYTES
         self._text_encoder_host: dict[str, torch.Tensor] | None = None
+        # Take sizes (generation size, longest window) that ran out of GPU memory with the text encoder there.
+        self._needs_text_encoder_room: set[tuple[int, int, int]] = set()
         self._prepared: OrderedDict[tuple, PreparedShot] = OrderedDict()
         self._prompts: OrderedDict[str, PromptEmbedding] = OrderedDict()
         # A pipeline holds per-call state and one device; one call at a time.
@@ -206,7 +210,7 @@ class LipDubModel:
         lora_path: Path,
         device: str = "cpu",
         dtype: torch.dtype = torch.float32,
-        fp8_weights: bool = False,
+        kernels: Kernels = Kernels(),
         checkpoint: Path | None = None,
     ) -> LipDubModel:
         """Base from a diffusers-format directory (with ``latent_upsampler/``), IC-LoRA fused in.
@@ -246,20 +250,16 @@ class LipDubModel:
         pipe.set_progress_bar_config(disable=True)
         pipe.to(device)
         fuse_lora(pipe, load_file(str(lora_path)), str(lora_path))
-        _use_memory_options(pipe, fp8_weights)
+        _use_kernels(pipe, kernels)
         base = weights_dir.name if checkpoint is None else f"{weights_dir.name}:{Path(checkpoint).name}"
         identity = f"{base}+{lora_path.name}@{sha256_file(lora_path)[:12]}"
-        model = cls(pipe, reference_downscale_factor=factor, identity=identity)
+        model = cls(pipe, reference_downscale_factor=factor, identity=identity, kernels=kernels)
         cls.load_count += 1
         logger.info(
             "LipDub loaded from %s + %s on %s (%s), reference_downscale_factor=%d",
             weights_dir, lora_path.name, device, dtype, factor,
         )
         return model
-
-    @property
-    def device(self) -> torch.device:
-        return self.pipe.transformer.device
 
     @property
     def sample_rate(self) -> int:
@@ -321,28 +321,12 @@ class LipDubModel:
         with self._lock:
             missing = list(dict.fromkeys(p for p in prompts if p not in self._prompts))
             if missing:
-                self._restore_text_encoder()  # if an earlier batch released it
+                self.onload_text_encoder()  # if a take moved it to host memory
                 for prompt, embedding in zip(missing, self.pipe.encode_prompts(missing, MAX_PROMPT_TOKENS)):
                     self._prompts[prompt] = embedding
-                self._release_text_encoder_if_short()
                 while len(self._prompts) > _PROMPT_CACHE:
                     self._prompts.popitem(last=False)
             return {p: self._prompts[p] for p in prompts}
-
-    def _release_text_encoder_if_short(self) -> None:
-        """Move the text encoder (Gemma 3 12B: ~24 GB in bf16) off the GPU when memory runs short.
-
-        Prompts are encoded once per shot and cached, so the encoder is idle while the transformer
-        and VAEs need room for a clip's activations. Its weights never change, so the first release
-        makes one page-locked host copy and keeps it: later releases only drop the GPU copy, and
-        bringing it back is one host-to-device copy at full PCIe speed.
-        """
-        if self.device.type != "cuda":
-            return
-        free, _ = torch.cuda.mem_get_info(self.device)
-        if free < self.gpu_reserve_bytes:
-            self._release_text_encoder()
-            logger.info("text encoder released to host memory (%.1f GiB were free on %s)", free / 2**30, self.device)
 
     def release_memory(self) -> None:
         """After a GPU out-of-memory error: give back every byte a take can spare (cached reference
@@ -351,9 +335,15 @@ class LipDubModel:
             return
         with self._lock:
             self._prepared.clear()
-            self._release_text_encoder()
+            self.offload_text_encoder()
 
-    def _release_text_encoder(self) -> None:
+    def offload_text_encoder(self) -> None:
+        """Move the text encoder (Gemma 3 12B: ~24 GB in bf16) to host memory, freeing its GPU memory.
+
+        Its weights never change, so the first move makes one page-locked host copy and keeps it:
+        later moves only drop the GPU copy."""
+        if self.device.type != "cuda" or not self._text_encoder_on_device():
+            return
         text_encoder = self.pipe.text_encoder
         if self._text_encoder_host is None:
             self._text_encoder_host = {
@@ -364,10 +354,13 @@ class LipDubModel:
             tensor.data = self._text_encoder_host[name]
         torch.cuda.empty_cache()
 
-    def _restore_text_encoder(self) -> None:
+    def onload_text_encoder(self) -> None:
         for _, tensor in _named_tensors(self.pipe.text_encoder):
             if tensor.device != self.device:
                 tensor.data = tensor.data.to(self.device, non_blocking=True)
+
+    def _text_encoder_on_device(self) -> bool:
+        return next(self.pipe.text_encoder.parameters()).device == self.device
 
     def dub(
         self,
@@ -378,36 +371,66 @@ class LipDubModel:
         stage_2_sigmas: tuple[float, ...] = STAGE_2_SIGMAS,
         timings: dict[str, float] | None = None,
     ) -> LipDubOutput:
-        """The dubbed take: exactly the shot's frame count, size and duration."""
+        """The dubbed take: exactly the shot's frame count, size and duration.
+
+        The text encoder stays on the GPU between takes while they fit beside it: moving it (24 GB)
+        costs far more GPU idle time than encoding prompts. A take size that runs out of memory with
+        it there moves it to host memory and runs again; later takes of that size move it first.
+        """
         with self._lock:
             embedding = self.embed_prompts([prompt])[prompt]
-            gen_h, gen_w = prepared.generation_size
-            top, left = prepared.padding
-            sample_rate = self.sample_rate
-            total_samples = round(Fraction(prepared.num_frames) / prepared.fps * sample_rate)
-            frames = np.empty((prepared.num_frames, prepared.height, prepared.width, 3), np.uint8)
-            audio = np.zeros((0, total_samples), np.float32)
-            sounded_until = 0
-            tail: torch.Tensor | None = None  # the previous window's frames that overlap this one
-            for index, window in enumerate(prepared.windows):
-                # One generator per window, seeded from the take's seed: windows are independent draws.
-                generator = torch.Generator(device="cpu").manual_seed(int(seed) + index)
-                result = self.pipe(window.references, embedding, generator, stage_1_sigmas, stage_2_sigmas, timings)
-                video = result.video[: window.frames, :, top : top + gen_h, left : left + gen_w].cpu().clone()
-                if tail is not None:
-                    video[: tail.shape[0]] = _crossfade(tail, video[: tail.shape[0]])
-                following = prepared.windows[index + 1].start if index + 1 < len(prepared.windows) else None
-                done = window.frames if following is None else following - window.start
-                frames[window.start : window.start + done] = _to_uint8(video[:done], (prepared.height, prepared.width))
-                tail = video[done:] if following is not None else None
+            size = (*prepared.generation_size, max(window.frames for window in prepared.windows))
+            if size in self._needs_text_encoder_room:
+                self.offload_text_encoder()
+            try:
+                return self._dub(prepared, embedding, seed, stage_1_sigmas, stage_2_sigmas, timings)
+            except torch.OutOfMemoryError:
+                if self.device.type != "cuda" or not self._text_encoder_on_device():
+                    raise
+            # Outside the except clause, so the failed attempt's tensors are freed with its traceback.
+            logger.info("a %dx%dx%d take ran out of GPU memory beside the text encoder on %s; moving the encoder "
+                        "to host memory for takes of this size", *size, self.device)
+            self._needs_text_encoder_room.add(size)
+            self.offload_text_encoder()
+            return self._dub(prepared, embedding, seed, stage_1_sigmas, stage_2_sigmas, timings)
 
-                generated = result.audio.cpu().numpy()
-                if not audio.shape[0]:
-                    audio = np.zeros((generated.shape[0], total_samples), np.float32)
-                first = round(Fraction(window.start) / prepared.fps * sample_rate)
-                window_samples = round(Fraction(window.frames) / prepared.fps * sample_rate)
-                sounded_until = _place_audio(audio, generated[:, :window_samples], first, sounded_until)
-            return LipDubOutput(frames=frames, audio=audio, sample_rate=sample_rate)
+    def _dub(
+        self,
+        prepared: PreparedShot,
+        embedding: PromptEmbedding,
+        seed: int,
+        stage_1_sigmas: tuple[float, ...],
+        stage_2_sigmas: tuple[float, ...],
+        timings: dict[str, float] | None,
+    ) -> LipDubOutput:
+        """Every window of the take sampled and joined: frames cross-faded, audio placed in time."""
+        gen_h, gen_w = prepared.generation_size
+        top, left = prepared.padding
+        sample_rate = self.sample_rate
+        total_samples = round(Fraction(prepared.num_frames) / prepared.fps * sample_rate)
+        frames = np.empty((prepared.num_frames, prepared.height, prepared.width, 3), np.uint8)
+        audio = np.zeros((0, total_samples), np.float32)
+        sounded_until = 0
+        tail: torch.Tensor | None = None  # the previous window's frames that overlap this one
+        for index, window in enumerate(prepared.windows):
+            # One generator per window, seeded from the take's seed: windows are independent draws.
+            generator = torch.Generator(device="cpu").manual_seed(int(seed) + index)
+            result = self.pipe(window.references, embedding, generator, stage_1_sigmas, stage_2_sigmas, timings)
+            video = result.video[: window.frames, :, top : top + gen_h, left : left + gen_w].cpu().clone()
+            if tail is not None:
+                video[: tail.shape[0]] = _crossfade(tail, video[: tail.shape[0]])
+            following = prepared.windows[index + 1].start if index + 1 < len(prepared.windows) else None
+            done = window.frames if following is None else following - window.start
+            frames[window.start : window.start + done] = _to_uint8(video[:done], (prepared.height, prepared.width))
+            tail = video[done:] if following is not None else None
+
+            generated = result.audio.cpu().numpy()
+            if not audio.shape[0]:
+                audio = np.zeros((generated.shape[0], total_samples), np.float32)
+            first = round(Fraction(window.start) / prepared.fps * sample_rate)
+            window_samples = round(Fraction(window.frames) / prepared.fps * sample_rate)
+            sounded_until = _place_audio(audio, generated[:, :window_samples], first, sounded_until)
+        return LipDubOutput(frames=frames, audio=audio, sample_rate=sample_rate)
 
     def generate(self, shot: SourceShot, prompt: str, seed: int, max_height: int | None = None) -> LipDubOutput:
         """``prepare_shot`` + ``dub`` for one prompt, no caching: the simple way in."""
@@ -438,18 +461,27 @@ def _named_tensors(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     return [*module.named_parameters(), *module.named_buffers()]
 
 
-def _use_memory_options(pipe: LTX2LipDubPipeline, fp8_weights: bool) -> None:
+def _use_kernels(pipe: LTX2LipDubPipeline, kernels: Kernels) -> None:
     """Called once the LoRA is fused (fusing needs the full-precision weights).
 
-    On a GPU, video is encoded and decoded in tiles: a 1080p clip's VAE activations would not fit
-    whole. ``fp8_weights`` stores the transformer's weights in float8 (e4m3) and casts each layer to
-    the compute dtype as it runs: half the transformer's memory (about 19 GB of 38 for LTX-2.3),
-    some time per step and a small change in the output (measured in BENCHMARKS.md).
+    ``fp8_weights`` stores the transformer's weights in float8 (e4m3) and casts each layer to the
+    compute dtype as it runs: half the transformer's memory (about 19 GB of 38 for LTX-2.3). On a GPU,
+    video is encoded and decoded in tiles (a 1080p clip's VAE activations would not fit whole), and
+    the attention backend and compiled block apply: they change only which kernels compute the same
+    arithmetic. Time and output change of each: BENCHMARKS.md.
     """
-    if pipe.transformer.device.type == "cuda":
-        pipe.vae.enable_tiling()
-    if fp8_weights:
+    if kernels.fp8_weights:
         pipe.transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=pipe.transformer.dtype)
+    if pipe.transformer.device.type != "cuda":
+        return
+    pipe.vae.enable_tiling()
+    if kernels.attention != "native":
+        pipe.transformer.set_attention_backend(kernels.attention)
+    if kernels.compile_blocks:
+        # Regional compilation: the 48 blocks share one compiled graph. Stage 2's token count differs
+        # from stage 1's, so dynamo recompiles once with the changing sizes symbolic (about a minute
+        # of compiling a process in all, measured in BENCHMARKS.md), then reuses it for every shot.
+        pipe.transformer.compile_repeated_blocks()
 
 
 def _check_window(window_frames: int, window_overlap: int, frame_multiple: int) -> None:
@@ -596,27 +628,27 @@ def get_resident_model(
     lora_path: Path,
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
-    fp8_weights: bool = False,
+    kernels: Kernels = Kernels(),
     checkpoint: Path | None = None,
 ) -> LipDubModel:
     """The process's LipDub model for these weights on this device, loaded on first use only."""
     paths = [str(Path(p).resolve()) if p is not None else None for p in (weights_dir, lora_path, checkpoint)]
-    key = ("lipdub", str(torch.device(device)), *paths, str(dtype), fp8_weights)
+    key = ("lipdub", str(torch.device(device)), *paths, str(dtype), kernels)
     return resident(
-        key, lambda: LipDubModel.load(Path(weights_dir), Path(lora_path), device, dtype, fp8_weights, checkpoint)
+        key, lambda: LipDubModel.load(Path(weights_dir), Path(lora_path), device, dtype, kernels, checkpoint)
     )
 
 
 def get_resident_random_model(
-    arch: LTX2Architecture, device: str, dtype: torch.dtype, seed: int, fp8_weights: bool = False
+    arch: LTX2Architecture, device: str, dtype: torch.dtype, seed: int, kernels: Kernels = Kernels()
 ) -> LipDubModel:
     """The process's random-weight LipDub of ``arch`` (e.g. full-size LTX-2.3), built on ``device`` once."""
-    key = ("lipdub-random", arch.name, str(torch.device(device)), str(dtype), seed, fp8_weights)
-    return resident(key, lambda: build_random_model(arch, device, dtype, seed, fp8_weights))
+    key = ("lipdub-random", arch.name, str(torch.device(device)), str(dtype), seed, kernels)
+    return resident(key, lambda: build_random_model(arch, device, dtype, seed, kernels))
 
 
 def build_random_model(
-    arch: LTX2Architecture, device: str, dtype: torch.dtype, seed: int, fp8_weights: bool = False
+    arch: LTX2Architecture, device: str, dtype: torch.dtype, seed: int, kernels: Kernels = Kernels()
 ) -> LipDubModel:
     """Random components built on ``device`` plus a random IC-LoRA in the official layout, fused the real way."""
     pipe = LTX2LipDubPipeline(**build_components(arch, device, dtype, seed))
@@ -625,9 +657,9 @@ def build_random_model(
         torch.manual_seed(seed)
         lora = random_ic_lora(pipe.transformer)
     fuse_lora(pipe, lora, f"random IC-LoRA for {arch.name}")
-    _use_memory_options(pipe, fp8_weights)
+    _use_kernels(pipe, kernels)
     LipDubModel.load_count += 1
-    return LipDubModel(pipe, reference_downscale_factor=1, identity=f"{arch.name}-random@{seed}")
+    return LipDubModel(pipe, reference_downscale_factor=1, identity=f"{arch.name}-random@{seed}", kernels=kernels)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -37,6 +37,16 @@ class ProfileError(Exception):
 
 
 @dataclass(frozen=True)
+class Kernels:
+    """How LipDub's transformer runs on a GPU (a CPU ignores them). None changes the algorithm; each
+    changes the rounding of its arithmetic (measured in BENCHMARKS.md), so each is part of a take's key."""
+
+    fp8_weights: bool = False  # weights stored in float8 (e4m3), cast per layer as it runs: half the memory
+    attention: str = "native"  # a diffusers attention backend; "native": PyTorch's own choice of SDPA kernel
+    compile_blocks: bool = False  # torch.compile of the transformer block, once per process (regional)
+
+
+@dataclass(frozen=True)
 class ModelProfile:
     name: str
     random_weights: bool
@@ -46,7 +56,7 @@ class ModelProfile:
     lipdub_weights: Path | None  # diffusers-format directory of the LTX-2 base; None = built at random
     lipdub_lora: Path | None  # IC-LoRA safetensors in the official key format; None = built at random
     max_height: int | None  # generation height cap (smoke only); None = the shot's own size
-    fp8_weights: bool = False  # transformer weights stored in float8 ($DUBFLOW_FP8_WEIGHTS=1): half the memory
+    kernels: Kernels = Kernels()  # GPU profiles: read from the environment by `gpu_kernels`
     lipdub_checkpoint: Path | None = None  # official single-file transformer ($DUBFLOW_LTX_CHECKPOINT)
 
     @property
@@ -60,8 +70,30 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DUBFLOW_CACHE", Path.home() / ".cache" / "dubflow"))
 
 
-def _fp8_requested() -> bool:
-    return os.environ.get("DUBFLOW_FP8_WEIGHTS", "0") == "1"
+def gpu_kernels() -> Kernels:
+    """The GPU profiles' kernels: the defaults, or $DUBFLOW_FP8_WEIGHTS, $DUBFLOW_ATTENTION, $DUBFLOW_COMPILE."""
+    defaults = Kernels()
+    attention = os.environ.get("DUBFLOW_ATTENTION", defaults.attention)
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    backends = [backend.value for backend in AttentionBackendName]
+    if attention not in backends:
+        raise ProfileError(f"DUBFLOW_ATTENTION={attention!r} is not a diffusers attention backend; "
+                           f"unset it or use one of {', '.join(backends)}")
+    return Kernels(
+        fp8_weights=_env_flag("DUBFLOW_FP8_WEIGHTS", defaults.fp8_weights),
+        attention=attention,
+        compile_blocks=_env_flag("DUBFLOW_COMPILE", defaults.compile_blocks),
+    )
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    if value not in ("0", "1"):
+        raise ProfileError(f"{name}={value!r}: use 1 (on) or 0 (off)")
+    return value == "1"
 
 
 def ltx_weights_dir() -> Path:
@@ -116,7 +148,7 @@ def resolve_profile(name: str, remote_gpus: bool = False) -> ModelProfile:
             lipdub_weights=weights,
             lipdub_lora=lora,
             max_height=None,
-            fp8_weights=_fp8_requested(),
+            kernels=gpu_kernels(),
             lipdub_checkpoint=Path(checkpoint) if checkpoint else None,
         )
     if name == "ltx-2.3-random":
@@ -136,7 +168,7 @@ def resolve_profile(name: str, remote_gpus: bool = False) -> ModelProfile:
             lipdub_weights=None,
             lipdub_lora=None,
             max_height=None,
-            fp8_weights=_fp8_requested(),
+            kernels=gpu_kernels(),
         )
     raise ProfileError(f"unknown model profile {name!r}; choose one of {', '.join(PROFILE_NAMES)}")
 
@@ -150,6 +182,6 @@ def load_lipdub(profile: ModelProfile, device: str | None = None):  # -> LipDubM
     device = device or profile.device
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     if profile.lipdub_weights is None:
-        return get_resident_random_model(LTX_2_3, device, dtype, RANDOM_WEIGHTS_SEED, profile.fp8_weights)
-    return get_resident_model(profile.lipdub_weights, profile.lipdub_lora, device, dtype, profile.fp8_weights,
+        return get_resident_random_model(LTX_2_3, device, dtype, RANDOM_WEIGHTS_SEED, profile.kernels)
+    return get_resident_model(profile.lipdub_weights, profile.lipdub_lora, device, dtype, profile.kernels,
                               profile.lipdub_checkpoint)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -85,8 +85,8 @@ def lipdub_key(shot: Shot, row: ManifestRow, profile: ModelProfile, model_identi
         "lipdub", LIPDUB_VERSION, shot_id=shot.shot_id, picture=shot.sha256,
         script=row.script, speaker=row.speaker, language=row.language, seed=pair_seed(shot, row.language),
         model=model_identity,
-        # How the model runs changes its numbers: device (and with it the dtype), float8 weights, height cap.
-        device=profile.device, fp8_weights=profile.fp8_weights, max_height=profile.max_height,
+        # How the model runs changes its numbers: device (and with it the dtype), kernels, height cap.
+        device=profile.device, kernels=asdict(profile.kernels), max_height=profile.max_height,
     )
 
 

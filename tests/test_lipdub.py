@@ -28,7 +28,7 @@ from dubflow.models.lipdub import (
     read_reference_downscale_factor,
 )
 from dubflow.models.lipdub_pipeline import AUDIO_REFERENCE_GAP_SECONDS, STAGE_1_SIGMAS, STAGE_2_SIGMAS
-from dubflow.models.profiles import LIPDUB_LORA_FILE
+from dubflow.models.profiles import LIPDUB_LORA_FILE, Kernels
 
 FPS = Fraction(30000, 1001)
 PROMPT = build_prompt("a man in a grey coat", "French", "Bonjour, comment allez-vous ?")
@@ -500,7 +500,7 @@ def test_resident_model_is_loaded_once_per_process(model: LipDubModel, smoke_wei
 
 def test_fp8_weight_storage_keeps_shapes_and_stays_close(smoke_weights: Path, lora_path: Path,
                                                          model: LipDubModel) -> None:
-    fp8 = LipDubModel.load(smoke_weights, lora_path, fp8_weights=True)
+    fp8 = LipDubModel.load(smoke_weights, lora_path, kernels=Kernels(fp8_weights=True))
     stored = {p.dtype for name, p in fp8.pipe.transformer.named_parameters() if name.endswith("weight") and p.ndim == 2}
     assert torch.float8_e4m3fn in stored
     shot = _shot(9, 60, 100, seed=12)
@@ -529,3 +529,71 @@ def test_a_shots_languages_share_one_reference_encoding_through_the_task(samples
     for take in takes:
         picture = probe(take.picture)
         assert (picture.frame_count, picture.fps) == (shot.media.frame_count, shot.media.fps)
+
+
+def test_a_take_that_runs_out_of_memory_beside_the_text_encoder_moves_it_once_per_size(
+    smoke_weights: Path, lora_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The residency rule's control flow, with a CUDA out-of-memory planted in the first attempt.
+
+    A CPU cannot run out of GPU memory nor page-lock host memory, so the model is told it is on
+    ``cuda`` and the move to host memory is recorded instead of made; the takes themselves run."""
+    model = LipDubModel.load(smoke_weights, lora_path)
+    model.device = torch.device("cuda")
+    moves: list[str] = []
+    monkeypatch.setattr(model, "offload_text_encoder", lambda: moves.append("offload"))
+    monkeypatch.setattr(model, "onload_text_encoder", lambda: moves.append("onload"))
+    monkeypatch.setattr(model, "_text_encoder_on_device", lambda: not moves or moves[-1] == "onload")
+    real_dub, attempts = model._dub, []
+
+    def dub_out_of_memory_once(*args, **kwargs):
+        attempts.append(args[0].generation_size)
+        if len(attempts) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (planted)")
+        return real_dub(*args, **kwargs)
+
+    monkeypatch.setattr(model, "_dub", dub_out_of_memory_once)
+    shot, other = _shot(9, 64, 96, seed=3), _shot(9, 64, 96, seed=4)
+    first = model.dub(model.prepare_shot(shot), PROMPT, seed=1)
+    assert len(attempts) == 2 and moves == ["onload", "offload"]  # encoded, then moved off once, take redone
+    assert first.frames.shape == shot.frames.shape
+    model.dub(model.prepare_shot(other), PROMPT, seed=1)  # same size: moved off before the take, no failure
+    assert len(attempts) == 3 and moves == ["onload", "offload", "offload"]
+    small = _shot(9, 32, 64, seed=5)
+    model.dub(model.prepare_shot(small), PROMPT, seed=1)  # a size that never failed keeps the encoder where it is
+    assert len(attempts) == 4 and moves == ["onload", "offload", "offload"]
+
+
+def test_an_out_of_memory_without_the_text_encoder_on_the_gpu_is_not_retried(
+    smoke_weights: Path, lora_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = LipDubModel.load(smoke_weights, lora_path)  # on the CPU: nothing to move, the error is the task's
+    calls = []
+
+    def out_of_memory(*args, **kwargs):
+        calls.append(1)
+        raise torch.OutOfMemoryError("CUDA out of memory (planted)")
+
+    monkeypatch.setattr(model, "_dub", out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        model.dub(model.prepare_shot(_shot(9, 64, 96)), PROMPT, seed=1)
+    assert len(calls) == 1
+
+
+def test_gpu_kernels_come_from_the_environment_and_bad_values_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dubflow.models.profiles import ProfileError, gpu_kernels
+
+    for name in ("DUBFLOW_FP8_WEIGHTS", "DUBFLOW_ATTENTION", "DUBFLOW_COMPILE"):
+        monkeypatch.delenv(name, raising=False)
+    assert gpu_kernels() == Kernels()
+    monkeypatch.setenv("DUBFLOW_FP8_WEIGHTS", "1")
+    monkeypatch.setenv("DUBFLOW_ATTENTION", "_native_cudnn")
+    monkeypatch.setenv("DUBFLOW_COMPILE", "1")
+    assert gpu_kernels() == Kernels(fp8_weights=True, attention="_native_cudnn", compile_blocks=True)
+    monkeypatch.setenv("DUBFLOW_ATTENTION", "fastest")
+    with pytest.raises(ProfileError, match="DUBFLOW_ATTENTION='fastest' is not a diffusers attention backend"):
+        gpu_kernels()
+    monkeypatch.setenv("DUBFLOW_ATTENTION", "native")
+    monkeypatch.setenv("DUBFLOW_COMPILE", "yes")
+    with pytest.raises(ProfileError, match="DUBFLOW_COMPILE='yes': use 1"):
+        gpu_kernels()
