@@ -355,6 +355,7 @@ class LipDubModel:
         torch.cuda.empty_cache()
 
     def onload_text_encoder(self) -> None:
+        """Bring the text encoder back to the GPU if a take moved it off (from page-locked memory: fast)."""
         for _, tensor in _named_tensors(self.pipe.text_encoder):
             if tensor.device != self.device:
                 tensor.data = tensor.data.to(self.device, non_blocking=True)
