@@ -63,6 +63,7 @@ def dub_pair(shot: int, language: int, args: argparse.Namespace, size: tuple[int
     gpu = get_worker().name.removeprefix("gpu-")
     if device.type == "cuda":
         device = torch.device("cuda", int(gpu))
+        torch.cuda.set_device(device)  # so that nothing of this process lands on another worker's GPU
     model = get_resident_random_model(ARCHITECTURES[args.architecture], str(device), dtype, RANDOM_WEIGHTS_SEED,
                                       kernels)
     loaded = time.time()
@@ -109,8 +110,8 @@ def run_batch(gpus: int, args: argparse.Namespace, size: tuple[int, int], kernel
     workers = {
         f"gpu-{index}": {"cls": Nanny, "options": {
             "nthreads": WORKER_THREADS, "resources": {"GPU": 1}, "memory_limit": WORKER_MEMORY_LIMIT,
-            # A Nanny's `env` is applied after the worker process starts, too late to hide GPUs from
-            # CUDA (a first run put both workers on GPU 0): each worker's task picks cuda:<index>.
+            # CUDA_VISIBLE_DEVICES through a Nanny's `env` did not keep a first run's two workers on
+            # their own GPUs (both built their model on one): each worker's task picks cuda:<index>.
             "env": {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "DASK_LOGGING__DISTRIBUTED": "warning"},
         }}
         for index in range(gpus)
