@@ -88,8 +88,7 @@ def task_runner_for(cluster: str | None = None) -> TaskRunner:
 def require_gpu_workers(runner: DaskTaskRunner) -> int:
     """The number of the cluster's workers that declare a ``GPU`` resource, once there is one (waiting
     up to `GPU_WORKER_WAIT_S`); the GPU stages would otherwise wait forever for a worker to take them."""
-    wait_s = GPU_WORKER_WAIT_S
-    deadline = time.monotonic() + wait_s
+    deadline = time.monotonic() + GPU_WORKER_WAIT_S
     while True:
         workers = runner.client.scheduler_info(n_workers=-1)["workers"].values()
         gpu_workers = sum(1 for worker in workers if worker.get("resources", {}).get("GPU", 0) >= 1)
@@ -98,7 +97,7 @@ def require_gpu_workers(runner: DaskTaskRunner) -> int:
         if time.monotonic() > deadline:
             raise ClusterError(
                 f"no worker of the Dask cluster at {runner.client.scheduler.address} declares a GPU resource "
-                f"after {wait_s:.0f} s; start one worker per GPU with `dask worker ADDRESS --nworkers 1 "
+                f"after {GPU_WORKER_WAIT_S:.0f} s; start one worker per GPU with `dask worker ADDRESS --nworkers 1 "
                 "--resources GPU=1` and CUDA_VISIBLE_DEVICES set (see deploy/dask-gpu-worker.yaml)"
             )
         time.sleep(1.0)

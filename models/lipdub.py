@@ -191,7 +191,7 @@ class LipDubModel:
         self.device: torch.device = pipe.transformer.device
         self.reference_downscale_factor = reference_downscale_factor
         self.identity = identity  # names the weights and LoRA: part of every cache key downstream
-        self.kernels = kernels  # as `_use_kernels` applied them to the pipeline
+        self.kernels = kernels  # as asked of `_use_kernels` (which on a CPU applies only fp8_weights)
         self.window_frames = window_frames
         self.window_overlap = window_overlap
         self.reference_encodings = 0  # prepared shots actually encoded (not served from the cache)

@@ -38,8 +38,8 @@ class ProfileError(Exception):
 
 @dataclass(frozen=True)
 class Kernels:
-    """How LipDub's transformer runs on a GPU (a CPU ignores them). None changes the algorithm; each
-    changes the rounding of its arithmetic (measured in BENCHMARKS.md), so each is part of a take's key."""
+    """How LipDub's transformer runs (a CPU applies only ``fp8_weights``). None changes the algorithm;
+    each changes the rounding of its arithmetic (measured in BENCHMARKS.md), so each is part of a take's key."""
 
     fp8_weights: bool = False  # weights stored in float8 (e4m3), cast per layer as it runs: half the memory
     attention: str = "native"  # a diffusers attention backend; "native": PyTorch's own choice of SDPA kernel
