@@ -21,14 +21,12 @@ around the model (decoding the shot from its file, writing the picture master an
 lease, the other stages), so this is the model's share of a batch. Reported: the batch's wall time,
 time per clip (wall / clips), and per pair the seconds of each call (device-synchronised).
 
-GPU busy fraction: NVML's utilisation counter — the share of the last sample period (1/6 s to 1 s,
-by product) during which at least one kernel was running, the figure nvidia-smi shows — polled every
-0.1 s by a thread over the batch and averaged. It is light (one NVML call per poll, no kernel tracing),
-so the batch's timing is not disturbed and no separate run is needed. It counts a kernel on one SM as
-busy: it measures the idle time (the text encoder moving between host and GPU, host-side work between
-calls, process start-up), not how well the kernels use the GPU (for that see bench/lipdub_flops.py).
-Without an NVIDIA driver (CPU) it is not measured. The GPU is NVML's device for the first entry of
-CUDA_VISIBLE_DEVICES (an index or a UUID; device 0 when unset).
+GPU busy fraction (bench/gpu_busy.py): NVML's utilisation counter polled every 0.1 s by a thread over
+the batch and averaged: the idle time (host-side work between and inside calls, process start-up), not
+how well the kernels use the GPU (for that see bench/lipdub_flops.py). Also per model call (prepare_shot,
+embed_prompts, dub): the busy fraction over that call's spans, to show where the idle time is, and the
+whole timeline in the JSON. Without an NVIDIA driver (CPU) it is not measured. The GPU is NVML's device
+for the first entry of CUDA_VISIBLE_DEVICES (an index or a UUID; device 0 when unset).
 
 One clip per process (the upstream CLI's way): for the first ``--fresh-process-clips`` pairs of the
 batch, a fresh ``python bench/lipdub_batch.py --child S,L ...`` (an argument list, no shell) each, run
@@ -48,13 +46,10 @@ The weights are random: outputs are noise; only time and GPU activity mean anyth
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
-import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict
 from fractions import Fraction
@@ -64,6 +59,7 @@ import torch
 
 from dubflow.models.lipdub import LipDubModel, SourceShot, build_prompt, build_random_model
 from dubflow.models.profiles import RANDOM_WEIGHTS_SEED
+from gpu_busy import POLL_S, GpuBusy  # bench/ on sys.path
 from lipdub_gpu import add_kernel_arguments, kernel_arguments, kernels_from_args, synthetic_shot  # bench/ on sys.path
 from lipdub_plain_route import ARCHITECTURES, Clock, device_and_dtype
 
@@ -77,7 +73,6 @@ LANGUAGES = (
     ("Russian", "Здравствуйте, я очень рад снова видеть вас здесь."),
 )
 CHILD_RESULT = "CHILD-RESULT "  # prefixes the child's one line of JSON on stdout
-POLL_S = 0.1
 
 
 def prompt(shot: int, language: int) -> str:
@@ -93,84 +88,47 @@ def make_shot(index: int, size: tuple[int, int], frames: int) -> SourceShot:
     return synthetic_shot(frames, *size, FPS, seed=index)
 
 
-class _Utilization(ctypes.Structure):
-    _fields_ = [("gpu", ctypes.c_uint), ("memory", ctypes.c_uint)]
-
-
-class GpuBusy:
-    """NVML's GPU utilisation polled from a thread while the block runs; ``fraction`` is their mean / 100."""
-
-    def __init__(self, device: str | None = None) -> None:
-        """``device``: an NVML index or UUID; default: the first entry of CUDA_VISIBLE_DEVICES."""
-        self.samples: list[int] = []
-        self.device_name: str | None = None
-        self.unavailable: str | None = None  # why there is no figure, when there is none
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        try:
-            self._nvml = ctypes.CDLL("libnvidia-ml.so.1")
-        except OSError as error:
-            self.unavailable = f"NVML not available: {error}"
-            return
-        self._handle = ctypes.c_void_p()
-        visible = device or os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip() or "0"
-        status = self._nvml.nvmlInit_v2()
-        if not status and visible.startswith(("GPU-", "MIG-")):
-            status = self._nvml.nvmlDeviceGetHandleByUUID(visible.encode(), ctypes.byref(self._handle))
-        elif not status:
-            status = self._nvml.nvmlDeviceGetHandleByIndex_v2(int(visible), ctypes.byref(self._handle))
-        name = ctypes.create_string_buffer(96)
-        status = status or self._nvml.nvmlDeviceGetName(self._handle, name, len(name))
-        if status:
-            self.unavailable = f"NVML set-up failed with status {status}"
-        self.device_name = name.value.decode() or None
-
-    def _poll(self) -> None:
-        utilization = _Utilization()
-        while not self._stop.wait(POLL_S):
-            status = self._nvml.nvmlDeviceGetUtilizationRates(self._handle, ctypes.byref(utilization))
-            if status:
-                self.unavailable = f"nvmlDeviceGetUtilizationRates failed with status {status}"
-                return
-            self.samples.append(utilization.gpu)
-
-    def __enter__(self) -> GpuBusy:
-        if self.unavailable is None:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._thread.is_alive():
-            self._stop.set()
-            self._thread.join()
-
-    @property
-    def fraction(self) -> float | None:
-        if self.unavailable is not None or not self.samples:
-            return None
-        return statistics.fmean(self.samples) / 100
-
-
-def run_batch(model: LipDubModel, shots: list[SourceShot], languages: int, device: torch.device) -> list[dict]:
-    """Every pair as tasks/lipdub.py's ``lipdub_pair`` calls the model; seconds per call and per pair."""
+def run_batch(
+    model: LipDubModel, shots: list[SourceShot], languages: int, device: torch.device
+) -> tuple[list[dict], list[tuple[str, float, float]]]:
+    """Every pair as tasks/lipdub.py's ``lipdub_pair`` calls the model; seconds per call and per pair, and
+    each call's (name, start, end) in perf_counter time (the device synchronised at both ends)."""
     pairs = []
+    spans: list[tuple[str, float, float]] = []
     for s, shot in enumerate(shots):
         prompts = [prompt(s, language) for language in range(languages)]
         for language in range(languages):
             timings: dict = {"shot": s, "language": LANGUAGES[language][0]}
             clock = Clock(device)
+            start = time.perf_counter()
             prepared = model.prepare_shot(shot, key=f"shot-{s}:{model.identity}")
             clock.lap(timings, "prepare_shot")
+            spans.append(("prepare_shot", start, start := time.perf_counter()))
             model.embed_prompts(prompts)
             clock.lap(timings, "embed_prompts")
+            spans.append(("embed_prompts", start, start := time.perf_counter()))
             output = model.dub(prepared, prompts[language], pair_seed(s, language))
             clock.lap(timings, "dub")
+            spans.append(("dub", start, time.perf_counter()))
             timings["pair"] = clock.total()
             assert output.frames.shape == shot.frames.shape, output.frames.shape
             pairs.append(timings)
             print(f"resident pair {len(pairs)}: " + ", ".join(
                 f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in timings.items()), flush=True)
-    return pairs
+    return pairs, spans
+
+
+def busy_by_call(busy: GpuBusy, spans: list[tuple[str, float, float]]) -> dict[str, dict[str, float | None]]:
+    """Per model call: its seconds in the batch and the GPU busy fraction over them (where the idle is)."""
+    table: dict[str, dict[str, float | None]] = {}
+    for name in dict.fromkeys(span[0] for span in spans):
+        mine = [(start, end) for call, start, end in spans if call == name and end - start >= 2 * POLL_S]
+        seconds = sum(end - start for call, start, end in spans if call == name)
+        weighted = [(busy.fraction_between(start, end), end - start) for start, end in mine]
+        weighted = [(f, d) for f, d in weighted if f is not None]
+        total = sum(d for _, d in weighted)
+        table[name] = {"seconds": seconds, "busy_fraction": sum(f * d for f, d in weighted) / total if total else None}
+    return table
 
 
 def run_child(args: argparse.Namespace, size: tuple[int, int]) -> None:
@@ -274,14 +232,16 @@ def main() -> None:
     shots = [make_shot(s, size, args.frames) for s in range(args.shots)]
     with GpuBusy() as busy:
         batch = Clock(device)
-        pairs = run_batch(model, shots, args.languages, device)
+        pairs, spans = run_batch(model, shots, args.languages, device)
         total_s = batch.total()
+    by_call = busy_by_call(busy, spans)
     per_clip = total_s / len(pairs)
     results["resident"] = {
         "build_s": build_s, "total_s": total_s, "clips": len(pairs), "per_clip_s": per_clip,
         "per_clip_with_build_s": (total_s + build_s) / len(pairs), "gpu_busy_fraction": busy.fraction,
         "gpu_busy_samples": len(busy.samples), "nvml_device": busy.device_name, "pairs": pairs,
-        "reference_encodings": model.reference_encodings,
+        "reference_encodings": model.reference_encodings, "gpu_busy_by_call": by_call,
+        "gpu_utilisation_timeline": [[round(t - spans[0][1], 2), u] for t, u in zip(busy.times, busy.samples)],
     }
 
     first = [p["pair"] for p in pairs if p["language"] == LANGUAGES[0][0]]
@@ -291,6 +251,9 @@ def main() -> None:
     print(f"  a shot's first language {statistics.fmean(first):.2f} s a pair (references + all its prompts encoded)"
           + (f", later languages {statistics.fmean(later):.2f} s a pair" if later else ""))
     print(f"  reference encodings: {model.reference_encodings} for {args.shots} shots")
+    print("  GPU busy by call (calls of at least 0.2 s): " + "; ".join(
+        f"{name} {row['seconds']:.1f} s, " + ("not measured" if row["busy_fraction"] is None else f"{row['busy_fraction']:.1%}")
+        for name, row in by_call.items()))
     if fresh:
         mean = results["one_clip_per_process"]["mean"]
         ratio = mean["clip"] / per_clip

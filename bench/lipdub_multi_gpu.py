@@ -40,7 +40,8 @@ from dataclasses import asdict
 
 import torch
 
-from lipdub_batch import LANGUAGES, GpuBusy, make_shot, pair_seed, prompt
+from gpu_busy import GpuBusy
+from lipdub_batch import LANGUAGES, make_shot, pair_seed, prompt
 from lipdub_gpu import add_kernel_arguments, kernels_from_args
 from lipdub_plain_route import ARCHITECTURES, device_and_dtype
 

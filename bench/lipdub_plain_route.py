@@ -328,14 +328,17 @@ def without_voice_reference(prepared: PreparedShot) -> PreparedShot:
 def default_kernels(model: LipDubModel) -> Iterator[None]:
     """The shared transformer on PyTorch's own attention choice, uncompiled, for the block."""
     transformer = model.pipe.transformer
-    on_gpu = model.device.type == "cuda"  # a CPU model runs as built: native attention, uncompiled
-    if on_gpu:
+    # A CPU model runs as built: native attention, uncompiled. On "native" nothing is switched: setting
+    # a backend adds an attribute to every attention processor, and the compiled block's guards then
+    # fail on its next take (a recompile, seen on the H100 and reproduced on CPU).
+    switch = model.device.type == "cuda" and model.kernels.attention != "native"
+    if switch:
         transformer.set_attention_backend("native")
     try:
         with torch.compiler.set_stance("force_eager"):
             yield
     finally:
-        if on_gpu:
+        if switch:
             transformer.set_attention_backend(model.kernels.attention)
 
 

@@ -1,11 +1,17 @@
-"""Orchestration overhead on the smoke-profile demo batch (issue 9, part 3): wall time of a run through
-Prefect versus the same stage functions called one after another in plain Python, and the cost per
-task of a re-run that only looks its results up.
+"""Orchestration overhead on the demo batch (issue 9, part 3): wall time of a run through Prefect versus
+the same stage functions called one after another in plain Python, and the cost per task of a re-run
+that only looks its results up.
 
     .venv/bin/python bench/orchestration.py [--repeats 2] [--threaded-plain] [--json bench/results/orchestration_cpu.json]
-                                            [--fresh-timeout 600] [--cached-timeout 240] [--keep]
+                                            [--profile smoke|ltx-2.3-random] [--fresh-timeout 600]
+                                            [--cached-timeout 240] [--keep]
 
 A benchmark, not a test: it measures and reports, it asserts nothing about the figures.
+
+``--profile smoke`` (default) runs everything on the CPU; ``--profile ltx-2.3-random`` runs the same
+routes with the full-size LipDub model built at random on the GPU (each fresh child process builds
+its own: the flow and the plain route both pay it), the separator still the smoke HTDemucs. Each
+run's GPU busy fraction (bench/gpu_busy.py, NVML) is recorded where there is a driver.
 
 Everything runs in a fresh temporary folder, on loopback only, with argument lists (no shell):
 
@@ -77,18 +83,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import plan_10k  # noqa: E402  (its server, process and machine helpers)
-from plan_10k import BIN, Watcher, api_post, clean_env, machine_info, start_server, stop, tail  # noqa: E402
+from gpu_busy import GpuBusy  # noqa: E402
+from plan_10k import Watcher, api_post, clean_env, machine_info, start_server, stop, tail  # noqa: E402
 
 STAGE_NAME = re.compile(r"^[a-z]+")
-FLOW_LAST_LINE = re.compile(r"dubflow: (\d+) of (\d+) pairs delivered, (\d+) failed; ([0-9.]+) \w+-seconds in model "
-                            r"stages; wall ([0-9.]+) s")
+FLOW_LAST_LINE = re.compile(r"dubflow: (\d+) of (\d+) pairs delivered, (\d+) failed; ([0-9.]+) \S+-seconds held by "
+                            r"model stages; wall ([0-9.]+) s")
 STAGE_ORDER = ("separate", "lipdub", "remix", "mux", "subtitles", "qc", "publish")
 
 
 # --------------------------------------------------------------------------- the plain route (child process)
 
 
-def plain_run(manifest: Path, out: Path, run_id: str, threads: int = 0) -> dict:
+def plain_run(manifest: Path, out: Path, run_id: str, threads: int, profile_name: str) -> dict:
     """The localize flow's work without Prefect: same calls, same keys. ``threads=0``: one after another in
     this thread; ``threads=N``: submitted in the flow's order to a pool of N threads, each stage waiting
     in its thread for its upstream results, as the flow's thread runner does (a diagnosis route: how much
@@ -116,7 +123,7 @@ def plain_run(manifest: Path, out: Path, run_id: str, threads: int = 0) -> dict:
     destination = open_destination(out)
     validated = validate_manifest(manifest)
     marks["validated"] = time.time()
-    profile = resolve_profile("smoke")
+    profile = resolve_profile(profile_name)
     separator = separator_spec(profile)
     run_id = check_run_id(run_id)
     cache = StageCache(cache_dir() / "work")
@@ -215,12 +222,12 @@ def plain_run(manifest: Path, out: Path, run_id: str, threads: int = 0) -> dict:
             "run_dir": published.location}
 
 
-def prebuild() -> dict:
+def prebuild(profile_name: str) -> dict:
     started = time.time()
     from dubflow.models.profiles import resolve_profile
 
     imported = time.time()
-    profile = resolve_profile("smoke")
+    profile = resolve_profile(profile_name)  # the smoke models (ltx-2.3-random: its smoke separator)
     return {"import_s": round(imported - started, 2), "build_s": round(time.time() - imported, 2),
             "profile": profile.name}
 
@@ -313,22 +320,24 @@ def accounting_start(server: Server) -> dict:
 
 
 def run_flow(label: str, manifest: Path, work: Path, server: Server, env: dict, timeout_s: float,
-             expected_tasks: int) -> dict:
-    command = [str(BIN / "dubflow"), "run", str(manifest), "--out", str(work / "out"), "--profile", "smoke",
-               "--run-id", label]
+             expected_tasks: int, profile: str) -> dict:
+    command = [sys.executable, "-m", "dubflow.flows.cli", "run", str(manifest), "--out", str(work / "out"),
+               "--profile", profile, "--run-id", label]
     acct = accounting_start(server)
     wall0, mono0 = time.time(), time.monotonic()
-    process = subprocess.Popen(command, env=env, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, start_new_session=True)
-    watcher = Watcher(process, mono0, work / f"{label}.log", 0.5)
-    try:
-        process.wait(timeout=timeout_s)
-        outcome = f"exit {process.returncode}"
-    except subprocess.TimeoutExpired:
-        outcome = f"stopped after {timeout_s:.0f} s: {stop(process, 30)}"
-    process_wall = time.monotonic() - mono0
+    with GpuBusy() as busy:
+        process = subprocess.Popen(command, env=env, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        watcher = Watcher(process, mono0, work / f"{label}.log", 0.5)
+        try:
+            process.wait(timeout=timeout_s)
+            outcome = f"exit {process.returncode}"
+        except subprocess.TimeoutExpired:
+            outcome = f"stopped after {timeout_s:.0f} s: {stop(process, 30)}"
+        process_wall = time.monotonic() - mono0
     watcher.close()
     result = {"label": label, "route": "flow", "outcome": outcome, "process_wall_s": round(process_wall, 2),
+              "gpu_busy_fraction": busy.fraction,
               "loadavg_before": acct["loadavg_before"], **child_accounting(acct, server),
               "peak_rss_mib": plan_10k.mib(max((s[1] for s in watcher.samples), default=0))}
     last = next((FLOW_LAST_LINE.search(line) for _, line in reversed(watcher.lines) if FLOW_LAST_LINE.search(line)),
@@ -401,19 +410,21 @@ def phases(t: dict, spans: dict) -> dict:
 
 
 def run_plain(label: str, manifest: Path, work: Path, server: Server, env: dict, timeout_s: float,
-              threads: int = 0) -> dict:
+              profile: str, threads: int = 0) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--child-plain", str(manifest), str(work / "out"), label,
-               str(threads)]
+               str(threads), profile]
     acct = accounting_start(server)
     wall0, mono0 = time.time(), time.monotonic()
     try:
-        done = subprocess.run(command, env=env, cwd=work, capture_output=True, text=True, timeout=timeout_s,
-                              stdin=subprocess.DEVNULL, start_new_session=True)
+        with GpuBusy() as busy:
+            done = subprocess.run(command, env=env, cwd=work, capture_output=True, text=True, timeout=timeout_s,
+                                  stdin=subprocess.DEVNULL, start_new_session=True)
         outcome = f"exit {done.returncode}"
     except subprocess.TimeoutExpired:
         return {"label": label, "route": "plain", "outcome": f"no answer within {timeout_s:.0f} s"}
     process_wall = time.monotonic() - mono0
     result = {"label": label, "route": "plain", "threads": threads, "outcome": outcome, "process_wall_s": round(process_wall, 2),
+              "gpu_busy_fraction": busy.fraction,
               "loadavg_before": acct["loadavg_before"], **child_accounting(acct, server)}
     (work / f"{label}.log").write_text(done.stdout + done.stderr)
     payload = next((json.loads(line[len("PLAIN_RESULT "):]) for line in reversed(done.stdout.splitlines())
@@ -478,6 +489,7 @@ def summarize(runs: list[dict], expected_tasks: int, stage_tasks: int) -> dict:
             "others_cpu_s": m(kind, lambda r: r["others_cpu_s"]),
             "others_cores": m(kind, lambda r: r["others_cores"]),
             "child_involuntary_switches": m(kind, lambda r: r["child_involuntary_switches"]),
+            "gpu_busy_fraction": m(kind, lambda r: r["gpu_busy_fraction"]),
             "phases_s": {name: m(kind, lambda r, n=name: r["phases_s"][n])
                          for name in (by[kind][0]["phases_s"] if by[kind] and "phases_s" in by[kind][0] else {})},
             "per_stage_s": {stage: m(kind, lambda r, st=stage: (r.get("server_per_stage") or r.get("per_stage"))[st]["run_time_s"])
@@ -548,8 +560,8 @@ def markdown(summary: dict) -> str:
     lines += ["", head, rule]
     for name, key in (("process wall", "process_wall_s"), ("body wall", "body_wall_s"), ("client CPU", "child_cpu_s"),
                       ("server CPU", "server_cpu_s"), ("others' CPU", "others_cpu_s"), ("others' cores", "others_cores"),
-                      ("client involuntary switches", "child_involuntary_switches")):
-        unit = "" if key in ("others_cores", "child_involuntary_switches") else " s"
+                      ("client involuntary switches", "child_involuntary_switches"), ("GPU busy", "gpu_busy_fraction")):
+        unit = "" if key in ("others_cores", "child_involuntary_switches", "gpu_busy_fraction") else " s"
         lines.append(f"| {name} | " + " | ".join(f"{summary[k][key]}{unit}" for k in kinds) + " |")
     lines += ["", "derived: " + json.dumps(summary["derived"])]
     return "\n".join(lines)
@@ -558,6 +570,8 @@ def markdown(summary: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--profile", choices=("smoke", "ltx-2.3-random"), default="smoke",
+                        help="ltx-2.3-random: the full-size LipDub model on the GPU (its separator is the smoke one)")
     parser.add_argument("--json", type=Path, default=Path("bench/results/orchestration_cpu.json"))
     parser.add_argument("--fresh-timeout", type=float, default=600.0, help="seconds a fresh run may take")
     parser.add_argument("--cached-timeout", type=float, default=240.0, help="seconds a cached run may take")
@@ -569,8 +583,11 @@ def main() -> int:
     args = parser.parse_args()
 
     machine = machine_info()
-    machine["task_runner"] = ("dubflow's default: ThreadPoolTaskRunner(max_workers=4) (no GPU visible); model stages "
-                              "(separate, lipdub, remix's separation) take turns on the one `cpu` device lease")
+    machine["gpu"] = GpuBusy().device_name  # NVML's name; None without a driver
+    machine["profile"] = args.profile
+    device = "the GPU's `cuda:0`" if args.profile != "smoke" else "the one `cpu`"
+    machine["task_runner"] = (f"dubflow's default: ThreadPoolTaskRunner (4 threads on a machine of at most 2 GPUs); "
+                              f"model stages (separate, lipdub) take turns on {device} device lease")
     print(f"{machine['cpu']}, {machine['cpus_usable']} usable CPUs, load {machine['load_average_at_start']}; "
           f"prefect {machine['prefect']}, torch {machine['torch']}", flush=True)
     started = time.monotonic()
@@ -597,7 +614,7 @@ def main() -> int:
         cache = work / "cache"
         base = dict(PREFECT_HOME=str(work / "client-home"), DUBFLOW_CACHE=str(cache), PYTHONUNBUFFERED="1",
                     COLUMNS="1000")
-        done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child-prebuild"],
+        done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child-prebuild", args.profile],
                               env=clean_env(**base), capture_output=True, text=True, timeout=300,
                               start_new_session=True)
         prebuilt = next((json.loads(line[len("PREBUILD "):]) for line in done.stdout.splitlines()
@@ -619,7 +636,7 @@ def main() -> int:
             fresh_cache()
             for kind, timeout in (("flow_fresh", args.fresh_timeout), ("flow_cached", args.cached_timeout)):
                 label = f"{kind.replace('_', '-')}-{repeat}"
-                run = run_flow(label, manifest, work, server, flow_env, timeout, expected_tasks)
+                run = run_flow(label, manifest, work, server, flow_env, timeout, expected_tasks, args.profile)
                 runs.append({"kind": kind, "repeat": repeat, **run})
                 print(f"  {label}: {run['outcome']}, process {run['process_wall_s']} s, flow body "
                       f"{run.get('flow_reported', {}).get('flow_wall_s')} s, {run.get('task_runs')} task runs, "
@@ -631,13 +648,13 @@ def main() -> int:
             fresh_cache()
             for kind, timeout in (("plain_fresh", args.fresh_timeout), ("plain_cached", args.cached_timeout)):
                 label = f"{kind.replace('_', '-')}-{repeat}"
-                run = run_plain(label, manifest, work, server, plain_env, timeout)
+                run = run_plain(label, manifest, work, server, plain_env, timeout, args.profile)
                 report_plain(kind, repeat, label, run)
 
         def threaded(repeat: int) -> None:
             fresh_cache()
             label = f"plain-threaded-{repeat}"
-            run = run_plain(label, manifest, work, server, plain_env, args.fresh_timeout, threads=4)
+            run = run_plain(label, manifest, work, server, plain_env, args.fresh_timeout, args.profile, threads=4)
             report_plain("plain_threaded", repeat, label, run)
 
         def report_plain(kind: str, repeat: int, label: str, run: dict) -> None:
@@ -677,11 +694,11 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 6 and sys.argv[1] == "--child-plain":
-        print("PLAIN_RESULT " + json.dumps(plain_run(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4], int(sys.argv[5]))),
-              flush=True)
+    if len(sys.argv) == 7 and sys.argv[1] == "--child-plain":
+        print("PLAIN_RESULT " + json.dumps(plain_run(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4], int(sys.argv[5]),
+                                                     sys.argv[6])), flush=True)
         sys.exit(0)
-    if len(sys.argv) == 2 and sys.argv[1] == "--child-prebuild":
-        print("PREBUILD " + json.dumps(prebuild()), flush=True)
+    if len(sys.argv) == 3 and sys.argv[1] == "--child-prebuild":
+        print("PREBUILD " + json.dumps(prebuild(sys.argv[2])), flush=True)
         sys.exit(0)
     sys.exit(main())

@@ -71,7 +71,6 @@ from fractions import Fraction
 from importlib import metadata
 from pathlib import Path
 
-BIN = Path(sys.executable).parent  # run with the project's .venv/bin/python: dubflow and prefect come from there
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 # (tag, line in the language's own script); the tags are canonical BCP-47 forms the schema accepts.
@@ -179,7 +178,7 @@ def start_server(home: Path, wait_s: float) -> tuple[subprocess.Popen, str, floa
     home.mkdir(parents=True)
     started = time.monotonic()
     with (home / "server.log").open("w") as log:
-        server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                                   env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                   start_new_session=True)
     deadline = started + wait_s
@@ -433,7 +432,7 @@ def run_once(shots: int, languages: int, args: argparse.Namespace) -> dict:
 
         env = clean_env(PREFECT_HOME=str(work / "client-home"), PREFECT_API_URL=api,
                         DUBFLOW_CACHE=str(work / "cache"), PYTHONUNBUFFERED="1", COLUMNS="1000")
-        command = [str(BIN / "dubflow"), "run", str(manifest), "--out", str(work / "out"), "--profile", "smoke",
+        command = [sys.executable, "-m", "dubflow.flows.cli", "run", str(manifest), "--out", str(work / "out"), "--profile", "smoke",
                    "--run-id", "plan10k"]
         result["client_command"] = ["dubflow", "run", "MANIFEST", "--out", "OUT", "--profile", "smoke",
                                     "--run-id", "plan10k"]

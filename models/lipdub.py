@@ -297,7 +297,7 @@ class LipDubModel:
             top, left = (pad_h - gen_h) // 2, (pad_w - gen_w) // 2
             windows = []
             for start, length in self.plan_windows(num_frames, window_frames):
-                picture = _to_float(frames[start : start + length], (gen_h, gen_w))  # (L, 3, gen_h, gen_w)
+                picture = _to_float(frames[start : start + length], (gen_h, gen_w), self.device)  # (L, 3, gen_h, gen_w)
                 picture = F.pad(picture, (left, pad_w - gen_w - left, top, pad_h - gen_h - top), mode="replicate")
                 padded = _round_up(length - 1, self.frame_multiple) + 1
                 if padded > length:
@@ -417,13 +417,14 @@ class LipDubModel:
             # One generator per window, seeded from the take's seed: windows are independent draws.
             generator = torch.Generator(device="cpu").manual_seed(int(seed) + index)
             result = self.pipe(window.references, embedding, generator, stage_1_sigmas, stage_2_sigmas, timings)
-            video = result.video[: window.frames, :, top : top + gen_h, left : left + gen_w].cpu().clone()
+            # Stays on the model's device until it is bytes: the host's share of a take is one uint8 copy.
+            video = result.video[: window.frames, :, top : top + gen_h, left : left + gen_w].clone()
             if tail is not None:
                 video[: tail.shape[0]] = _crossfade(tail, video[: tail.shape[0]])
             following = prepared.windows[index + 1].start if index + 1 < len(prepared.windows) else None
             done = window.frames if following is None else following - window.start
             frames[window.start : window.start + done] = _to_uint8(video[:done], (prepared.height, prepared.width))
-            tail = video[done:] if following is not None else None
+            tail = video[done:].clone() if following is not None else None  # not a view: frees the window
 
             generated = result.audio.cpu().numpy()
             if not audio.shape[0]:
@@ -524,7 +525,7 @@ def _audio_span(audio: np.ndarray, sample_rate: int, fps: Fraction, start: int, 
 def _crossfade(outgoing: torch.Tensor, incoming: torch.Tensor) -> torch.Tensor:
     """Linear cross-fade along the first axis, excluding both end points (each side keeps one pure frame)."""
     steps = outgoing.shape[0]
-    weight = torch.arange(1, steps + 1, dtype=torch.float32) / (steps + 1)
+    weight = torch.arange(1, steps + 1, dtype=torch.float32, device=outgoing.device) / (steps + 1)
     weight = weight.view(-1, *([1] * (outgoing.ndim - 1)))
     return outgoing * (1 - weight) + incoming * weight
 
@@ -608,17 +609,20 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return torch.cat(parts).clamp_(0.0, 1.0)
 
 
-def _to_float(frames: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """(F, H, W, 3) uint8 -> (F, 3, h, w) float32 in [0, 1]; resized while still uint8."""
+def _to_float(frames: np.ndarray, size: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """(F, H, W, 3) uint8 -> (F, 3, h, w) float32 in [0, 1] on ``device``; resized (on the host) while
+    still uint8, and only bytes cross to the device: a GPU makes the floats, not the host's cores."""
     pixels = torch.from_numpy(frames).permute(0, 3, 1, 2)  # a channels-last view, no copy
-    return _resize(pixels, size).float().div_(255.0)
+    return _resize(pixels, size).to(device).float().div_(255.0)
 
 
 def _to_uint8(video: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """(F, 3, h, w) float in [0, 1] -> (F, H, W, 3) uint8; quantised first, then resized as uint8."""
-    pixels = video.float().mul(255.0).round_().clamp_(0.0, 255.0).to(device="cpu", dtype=torch.uint8)
-    pixels = _resize(pixels.contiguous(memory_format=torch.channels_last), size)
-    return np.ascontiguousarray(pixels.permute(0, 2, 3, 1).numpy())
+    """(F, 3, h, w) float in [0, 1] on any device -> (F, H, W, 3) uint8 on the host; quantised on the
+    video's device (only bytes cross to the host), then resized as uint8 where the size differs."""
+    pixels = video.float().mul(255.0).round_().clamp_(0.0, 255.0).to(torch.uint8)
+    if tuple(pixels.shape[-2:]) != tuple(size):
+        pixels = _resize(pixels.cpu().contiguous(memory_format=torch.channels_last), size)
+    return pixels.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -539,6 +539,8 @@ def test_a_take_that_runs_out_of_memory_beside_the_text_encoder_moves_it_once_pe
     A CPU cannot run out of GPU memory nor page-lock host memory, so the model is told it is on
     ``cuda`` and the move to host memory is recorded instead of made; the takes themselves run."""
     model = LipDubModel.load(smoke_weights, lora_path)
+    shot, other, small = _shot(9, 64, 96, seed=3), _shot(9, 64, 96, seed=4), _shot(9, 32, 64, seed=5)
+    prepared = [model.prepare_shot(s) for s in (shot, other, small)]  # on the CPU it is, before the pretence
     model.device = torch.device("cuda")
     moves: list[str] = []
     monkeypatch.setattr(model, "offload_text_encoder", lambda: moves.append("offload"))
@@ -553,14 +555,12 @@ def test_a_take_that_runs_out_of_memory_beside_the_text_encoder_moves_it_once_pe
         return real_dub(*args, **kwargs)
 
     monkeypatch.setattr(model, "_dub", dub_out_of_memory_once)
-    shot, other = _shot(9, 64, 96, seed=3), _shot(9, 64, 96, seed=4)
-    first = model.dub(model.prepare_shot(shot), PROMPT, seed=1)
+    first = model.dub(prepared[0], PROMPT, seed=1)
     assert len(attempts) == 2 and moves == ["onload", "offload"]  # encoded, then moved off once, take redone
     assert first.frames.shape == shot.frames.shape
-    model.dub(model.prepare_shot(other), PROMPT, seed=1)  # same size: moved off before the take, no failure
+    model.dub(prepared[1], PROMPT, seed=1)  # same size: moved off before the take, no failure
     assert len(attempts) == 3 and moves == ["onload", "offload", "offload"]
-    small = _shot(9, 32, 64, seed=5)
-    model.dub(model.prepare_shot(small), PROMPT, seed=1)  # a size that never failed keeps the encoder where it is
+    model.dub(prepared[2], PROMPT, seed=1)  # a size that never failed keeps the encoder where it is
     assert len(attempts) == 4 and moves == ["onload", "offload", "offload"]
 
 
