@@ -4,7 +4,7 @@ that only looks its results up.
 
     .venv/bin/python bench/orchestration.py [--repeats 2] [--threaded-plain] [--json bench/results/orchestration_cpu.json]
                                             [--profile smoke|ltx-2.3-random] [--fresh-timeout 600]
-                                            [--cached-timeout 240] [--keep]
+                                            [--cached-timeout 240] [--flow-fresh-only] [--keep]
 
 A benchmark, not a test: it measures and reports, it asserts nothing about the figures.
 
@@ -12,6 +12,7 @@ A benchmark, not a test: it measures and reports, it asserts nothing about the f
 routes with the full-size LipDub model built at random on the GPU (each fresh child process builds
 its own: the flow and the plain route both pay it), the separator still the smoke HTDemucs. Each
 run's GPU busy fraction (bench/gpu_busy.py, NVML) is recorded where there is a driver.
+``--flow-fresh-only`` runs only the fresh flow (its wall, task runs, GPU busy): no overhead figures.
 
 Everything runs in a fresh temporary folder, on loopback only, with argument lists (no shell):
 
@@ -26,7 +27,7 @@ Everything runs in a fresh temporary folder, on loopback only, with argument lis
 Per repeat, four child processes (five with --threaded-plain; each a fresh Python: imports, model loads and all):
 
 1. flow, fresh: `dubflow run MANIFEST --out OUT --profile smoke --run-id flow-fresh-N` with
-   PREFECT_API_URL pointing at the server (the flow's default runner: 4 threads, no GPU; the model
+   PREFECT_API_URL pointing at the server (the flow's default runner: `runner_threads()` threads; the model
    stages take turns on the one `cpu` device lease). Measured: the process's wall time and CPU seconds,
    the flow's own `wall` (its last line: from the flow body's start to before its artifacts), the
    server's CPU seconds, and from the server every task run of that flow run (`total_run_time`,
@@ -42,7 +43,7 @@ Per repeat, four child processes (five with --threaded-plain; each a fresh Pytho
    `publish` (plain function) with `run_info`. Each phase and each stage call is timed.
 4. plain, cached: the same again against the stage cache that 3 filled: the plain equivalent of 2.
 5. with --threaded-plain, plain, threaded: route 3 with a fresh stage cache, but every stage submitted in
-   the flow's order to a 4-thread pool, each waiting in its thread for its upstream results (what the
+   the flow's order to a pool of the flow's size (`runner_threads()`), each waiting in its thread for its upstream results (what the
    flow's ThreadPoolTaskRunner does), still without Prefect: the flow's concurrency without Prefect,
    so flow fresh − plain threaded is what Prefect itself costs on the fresh run.
 
@@ -95,16 +96,16 @@ STAGE_ORDER = ("separate", "lipdub", "remix", "mux", "subtitles", "qc", "publish
 # --------------------------------------------------------------------------- the plain route (child process)
 
 
-def plain_run(manifest: Path, out: Path, run_id: str, threads: int, profile_name: str) -> dict:
-    """The localize flow's work without Prefect: same calls, same keys. ``threads=0``: one after another in
-    this thread; ``threads=N``: submitted in the flow's order to a pool of N threads, each stage waiting
+def plain_run(manifest: Path, out: Path, run_id: str, threaded: bool, profile_name: str) -> dict:
+    """The localize flow's work without Prefect: same calls, same keys. Not ``threaded``: one after another in
+    this thread; ``threaded``: submitted in the flow's order to a pool of the flow's size, each stage waiting
     in its thread for its upstream results, as the flow's thread runner does (a diagnosis route: how much
     of the flow's time is its concurrency rather than Prefect). Returns epoch time stamps of the phases
     and the seconds of every `StageCache.result` call."""
     marks = {"imports_start": time.time()}
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    from dubflow.flows.localize import run_info
+    from dubflow.flows.localize import run_info, runner_threads
     from dubflow.models.profiles import cache_dir, resolve_profile
     from dubflow.tasks.audio import parse_loudness_profile
     from dubflow.tasks.lipdub import DubbedTake, lipdub_identity, lipdub_key, lipdub_pair
@@ -134,6 +135,7 @@ def plain_run(manifest: Path, out: Path, run_id: str, threads: int, profile_name
 
     calls: list[dict] = []  # appended from worker threads too (list.append is atomic)
     keys: list[tuple[str, str]] = []
+    threads = runner_threads() if threaded else 0  # the flow's thread runner's size
     pool = ThreadPoolExecutor(threads) if threads else None
 
     def submit(stage: str, name: str, key: str, result_type, compute, *upstream: Future) -> Future:
@@ -156,27 +158,36 @@ def plain_run(manifest: Path, out: Path, run_id: str, threads: int, profile_name
     rows_by_shot: dict = {}
     for row in validated.rows:
         rows_by_shot.setdefault(row.shot_id, []).append(row)
+    rows = [row for shot_rows in rows_by_shot.values() for row in shot_rows]
     separated_by_shot: dict = {}
     separate_keys: dict = {}
-    chains = []
-    for row in (row for shot_rows in rows_by_shot.values() for row in shot_rows):
-        shot = validated.shots[row.shot_id]
-        shot_rows = rows_by_shot[row.shot_id]
+    takes: list[tuple[Future, str]] = []
+
+    def submit_take(row) -> None:  # the flow's `submit_take`: the shot's separation, then the pair's take
+        shot, shot_rows = validated.shots[row.shot_id], rows_by_shot[row.shot_id]
         if row.shot_id not in separated_by_shot:
             separate_keys[row.shot_id] = separate_key(shot, separator_params)
             separated_by_shot[row.shot_id] = submit(
                 "separate", f"separate {shot.shot_id}", separate_keys[row.shot_id], SeparatedShot,
                 lambda out_dir, shot=shot: separate_shot(shot, separator, out_dir))
-        separated = separated_by_shot[row.shot_id]
         k_lipdub = lipdub_key(shot, row, profile, model_identity)
+        takes.append((submit("lipdub", f"lipdub {row.shot_id} {row.language}", k_lipdub, DubbedTake,
+                             lambda out_dir, shot=shot, row=row, shot_rows=shot_rows:
+                             lipdub_pair(shot, row, shot_rows, profile, out_dir, take_timeout_s)), k_lipdub))
+
+    chains = []
+    submit_take(rows[0])
+    for index, row in enumerate(rows):  # in the flow's order: each take before the previous pair's downstream
+        if index + 1 < len(rows):
+            submit_take(rows[index + 1])
+        shot = validated.shots[row.shot_id]
+        separated = separated_by_shot[row.shot_id]
+        take, k_lipdub = takes[index]
         k_remix = remix_key(k_lipdub, separate_keys[row.shot_id], separator_params, loudness)
         k_mux = mux_key("h264", k_lipdub, k_remix)
         k_subtitles = subtitles_key(row, k_remix)
         k_qc = qc_key(separate_keys[row.shot_id], k_remix, k_mux, k_subtitles, None, False)
         pair = f"{row.shot_id} {row.language}"
-        take = submit("lipdub", f"lipdub {pair}", k_lipdub, DubbedTake,
-                      lambda out_dir, shot=shot, row=row, shot_rows=shot_rows:
-                      lipdub_pair(shot, row, shot_rows, profile, out_dir, take_timeout_s))
         remixed = submit("remix", f"remix {pair}", k_remix, RemixedPair,
                          lambda take_, separated_, out_dir, shot=shot:
                          remix_pair(take_, separated_, shot, out_dir, separator, loudness), take, separated)
@@ -410,9 +421,9 @@ def phases(t: dict, spans: dict) -> dict:
 
 
 def run_plain(label: str, manifest: Path, work: Path, server: Server, env: dict, timeout_s: float,
-              profile: str, threads: int = 0) -> dict:
+              profile: str, threaded: bool = False) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--child-plain", str(manifest), str(work / "out"), label,
-               str(threads), profile]
+               str(int(threaded)), profile]
     acct = accounting_start(server)
     wall0, mono0 = time.time(), time.monotonic()
     try:
@@ -423,7 +434,7 @@ def run_plain(label: str, manifest: Path, work: Path, server: Server, env: dict,
     except subprocess.TimeoutExpired:
         return {"label": label, "route": "plain", "outcome": f"no answer within {timeout_s:.0f} s"}
     process_wall = time.monotonic() - mono0
-    result = {"label": label, "route": "plain", "threads": threads, "outcome": outcome, "process_wall_s": round(process_wall, 2),
+    result = {"label": label, "route": "plain", "threaded": threaded, "outcome": outcome, "process_wall_s": round(process_wall, 2),
               "gpu_busy_fraction": busy.fraction,
               "loadavg_before": acct["loadavg_before"], **child_accounting(acct, server)}
     (work / f"{label}.log").write_text(done.stdout + done.stderr)
@@ -577,8 +588,11 @@ def main() -> int:
     parser.add_argument("--cached-timeout", type=float, default=240.0, help="seconds a cached run may take")
     parser.add_argument("--server-wait", type=float, default=120.0)
     parser.add_argument("--threaded-plain", action="store_true",
-                        help="also run the plain route fresh on 4 threads in the flow's order (no Prefect): separates "
+                        help="also run the plain route fresh on the flow's threads in the flow's order (no Prefect): separates "
                              "the flow's concurrency from Prefect's cost (adds one fresh run per repeat)")
+    parser.add_argument("--flow-fresh-only", action="store_true",
+                        help="only the fresh flow run of each repeat (its wall, task runs and GPU busy): no plain route, "
+                             "no overhead figures")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args()
 
@@ -586,7 +600,7 @@ def main() -> int:
     machine["gpu"] = GpuBusy().device_name  # NVML's name; None without a driver
     machine["profile"] = args.profile
     device = "the GPU's `cuda:0`" if args.profile != "smoke" else "the one `cpu`"
-    machine["task_runner"] = (f"dubflow's default: ThreadPoolTaskRunner (4 threads on a machine of at most 2 GPUs); "
+    machine["task_runner"] = (f"dubflow's default: ThreadPoolTaskRunner (localize.runner_threads(): 4, 4 more per GPU); "
                               f"model stages (separate, lipdub) take turns on {device} device lease")
     print(f"{machine['cpu']}, {machine['cpus_usable']} usable CPUs, load {machine['load_average_at_start']}; "
           f"prefect {machine['prefect']}, torch {machine['torch']}", flush=True)
@@ -634,15 +648,16 @@ def main() -> int:
 
         def flow_pair(repeat: int) -> None:
             fresh_cache()
-            for kind, timeout in (("flow_fresh", args.fresh_timeout), ("flow_cached", args.cached_timeout)):
+            kinds = (("flow_fresh", args.fresh_timeout), ("flow_cached", args.cached_timeout))
+            for kind, timeout in kinds[:1] if args.flow_fresh_only else kinds:
                 label = f"{kind.replace('_', '-')}-{repeat}"
                 run = run_flow(label, manifest, work, server, flow_env, timeout, expected_tasks, args.profile)
                 runs.append({"kind": kind, "repeat": repeat, **run})
                 print(f"  {label}: {run['outcome']}, process {run['process_wall_s']} s, flow body "
                       f"{run.get('flow_reported', {}).get('flow_wall_s')} s, {run.get('task_runs')} task runs, "
                       f"Σ task run time {run.get('server_sum_task_run_time_s')} s; {run.get('cache_line')}; "
-                      f"others' CPU {run.get('others_cpu_s')} s, load {run['loadavg_before']}→{run['loadavg_after']}",
-                      flush=True)
+                      f"others' CPU {run.get('others_cpu_s')} s, load {run['loadavg_before']}→{run['loadavg_after']}, "
+                      f"GPU busy {run.get('gpu_busy_fraction')}; {run.get('flow_reported')}", flush=True)
 
         def plain_pair(repeat: int) -> None:
             fresh_cache()
@@ -654,7 +669,7 @@ def main() -> int:
         def threaded(repeat: int) -> None:
             fresh_cache()
             label = f"plain-threaded-{repeat}"
-            run = run_plain(label, manifest, work, server, plain_env, args.fresh_timeout, args.profile, threads=4)
+            run = run_plain(label, manifest, work, server, plain_env, args.fresh_timeout, args.profile, threaded=True)
             report_plain("plain_threaded", repeat, label, run)
 
         def report_plain(kind: str, repeat: int, label: str, run: dict) -> None:
@@ -666,13 +681,14 @@ def main() -> int:
 
         for repeat in range(1, args.repeats + 1):
             print(f"repeat {repeat} of {args.repeats}", flush=True)
-            steps = [flow_pair, plain_pair] + ([threaded] if args.threaded_plain else [])
+            steps = [flow_pair] if args.flow_fresh_only else [flow_pair, plain_pair] + ([threaded] if args.threaded_plain else [])
             if repeat % 2 == 0:
                 steps.reverse()
             for step in steps:
                 step(repeat)
-        result["summary"] = summarize(runs, expected_tasks, stage_tasks)
-        print(markdown(result["summary"]), flush=True)
+        if not args.flow_fresh_only:
+            result["summary"] = summarize(runs, expected_tasks, stage_tasks)
+            print(markdown(result["summary"]), flush=True)
     finally:
         if server is not None:
             result["server_stop"] = stop(server.process, 30)
@@ -695,7 +711,7 @@ def main() -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) == 7 and sys.argv[1] == "--child-plain":
-        print("PLAIN_RESULT " + json.dumps(plain_run(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4], int(sys.argv[5]),
+        print("PLAIN_RESULT " + json.dumps(plain_run(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4], sys.argv[5] == "1",
                                                      sys.argv[6])), flush=True)
         sys.exit(0)
     if len(sys.argv) == 3 and sys.argv[1] == "--child-prebuild":

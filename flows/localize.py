@@ -69,8 +69,9 @@ class ClusterError(Exception):
 
 def task_runner_for(cluster: str | None = None) -> TaskRunner:
     """Where the run's tasks go: a Dask cluster at ``cluster`` (or `$DUBFLOW_CLUSTER`), one started
-    from `$DUBFLOW_CLUSTER_CLASS` / `$DUBFLOW_CLUSTER_KWARGS`, else threads in this process (two per
-    visible GPU, at least four: a GPU stage waits on its lease while the CPU stages keep going)."""
+    from `$DUBFLOW_CLUSTER_CLASS` / `$DUBFLOW_CLUSTER_KWARGS`, else threads in this process
+    (`runner_threads`: a waiting task holds its thread, and each GPU keeps its take, the next take
+    waiting on the lease and their pairs' downstream stages in threads)."""
     address = cluster or os.environ.get(CLUSTER_ENV)
     if address:
         return DaskTaskRunner(address=address)
@@ -82,7 +83,12 @@ def task_runner_for(cluster: str | None = None) -> TaskRunner:
         except json.JSONDecodeError as exc:
             raise ClusterError(f"{CLUSTER_KWARGS_ENV} is not JSON ({exc}); e.g. '{{\"n_workers\": 2}}'") from None
         return DaskTaskRunner(cluster_class=cluster_class, cluster_kwargs=kwargs)
-    return ThreadPoolTaskRunner(max_workers=max(4, 2 * torch.cuda.device_count()))
+    return ThreadPoolTaskRunner(max_workers=runner_threads())
+
+
+def runner_threads() -> int:
+    """The thread runner's size: four, and four more per visible GPU."""
+    return 4 + 4 * torch.cuda.device_count()
 
 
 def require_gpu_workers(runner: DaskTaskRunner) -> int:
@@ -195,13 +201,13 @@ def localize(
     rows_by_shot: dict[str, list[ManifestRow]] = {}
     for row in validated.rows:
         rows_by_shot.setdefault(row.shot_id, []).append(row)
+    rows = [row for shot_rows in rows_by_shot.values() for row in shot_rows]
     separate_keys: dict[str, str] = {}
     separated: dict[str, PrefectFuture] = {}
-    chains = []
-    submitting = time.monotonic()
-    # Shot by shot, each shot's separation then its pairs: runners start tasks in the order they are
-    # submitted, so the first pairs run while later shots are still being planned.
-    for row in (row for shot_rows in rows_by_shot.values() for row in shot_rows):
+    takes: list[tuple[PrefectFuture, dict[str, str]]] = []
+
+    def submit_take(row: ManifestRow) -> None:
+        """The shot's separation (on its first pair) and the pair's LipDub take, with their keys."""
         shot = validated.shots[row.shot_id]
         if row.shot_id not in separated:
             separate_keys[row.shot_id] = separate_key(shot, separator_params)
@@ -209,6 +215,23 @@ def localize(
                 separated[row.shot_id] = separate_shot_task.submit(shot, separator, cache, separate_keys[row.shot_id])
         keys = {"separate": separate_keys[row.shot_id],
                 "lipdub": lipdub_key(shot, row, model_profile, model_identity)}
+        with gpu_stage():
+            take = lipdub_pair_task.submit(shot, row, rows_by_shot[row.shot_id], model_profile, cache, keys["lipdub"],
+                                           take_timeout_s)
+        takes.append((take, keys))
+
+    chains = []
+    submitting = time.monotonic()
+    # Shot by shot, each shot's separation then its pairs: runners start tasks in the order they are
+    # submitted, so the first pairs run while later shots are still being planned. A thread runner's
+    # task holds its thread while it waits for its upstream, so each pair's take is submitted before
+    # the previous pair's downstream stages: the next take is waiting on the device when one ends.
+    submit_take(rows[0])
+    for index, row in enumerate(rows):
+        if index + 1 < len(rows):
+            submit_take(rows[index + 1])
+        shot = validated.shots[row.shot_id]
+        take, keys = takes[index]
         keys["remix"] = remix_key(keys["lipdub"], keys["separate"], separator_params, loudness_profile)
         keys["mux"] = mux_key("h264", keys["lipdub"], keys["remix"])
         keys["mezzanine"] = mux_key("prores", keys["lipdub"], keys["remix"]) if prores else None
@@ -216,9 +239,6 @@ def localize(
         keys["qc"] = qc_key(keys["separate"], keys["remix"], keys["mux"], keys["subtitles"], keys["mezzanine"],
                             allow_qc_warnings)
 
-        with gpu_stage():
-            take = lipdub_pair_task.submit(shot, row, rows_by_shot[row.shot_id], model_profile, cache, keys["lipdub"],
-                                           take_timeout_s)
         with gpu_stage(separating_on_gpu):
             remixed = remix_pair_task.submit(take, separated[row.shot_id], shot, separator, loudness_profile, cache,
                                              keys["remix"])
