@@ -235,12 +235,16 @@ def main() -> None:
         pairs, spans = run_batch(model, shots, args.languages, device)
         total_s = batch.total()
     by_call = busy_by_call(busy, spans)
+    # The process's first-use costs (CUDA libraries, the first Gemma call, first kernels) fall on the first shot.
+    first_shot_end = spans[3 * args.languages - 1][2]
+    after_first_shot = busy.fraction_between(first_shot_end, spans[-1][2]) if args.shots > 1 else None
     per_clip = total_s / len(pairs)
     results["resident"] = {
         "build_s": build_s, "total_s": total_s, "clips": len(pairs), "per_clip_s": per_clip,
         "per_clip_with_build_s": (total_s + build_s) / len(pairs), "gpu_busy_fraction": busy.fraction,
         "gpu_busy_samples": len(busy.samples), "nvml_device": busy.device_name, "pairs": pairs,
         "reference_encodings": model.reference_encodings, "gpu_busy_by_call": by_call,
+        "gpu_busy_after_first_shot": after_first_shot,
         "gpu_utilisation_timeline": [[round(t - spans[0][1], 2), u] for t, u in zip(busy.times, busy.samples)],
     }
 
@@ -251,6 +255,8 @@ def main() -> None:
     print(f"  a shot's first language {statistics.fmean(first):.2f} s a pair (references + all its prompts encoded)"
           + (f", later languages {statistics.fmean(later):.2f} s a pair" if later else ""))
     print(f"  reference encodings: {model.reference_encodings} for {args.shots} shots")
+    if after_first_shot is not None:
+        print(f"  GPU busy after the first shot (its first-use costs left out): {after_first_shot:.1%}")
     print("  GPU busy by call (calls of at least 0.2 s): " + "; ".join(
         f"{name} {row['seconds']:.1f} s, " + ("not measured" if row["busy_fraction"] is None else f"{row['busy_fraction']:.1%}")
         for name, row in by_call.items()))

@@ -284,10 +284,15 @@ class Server:
     def cpu_s(self) -> float:
         return cpu_of_group(self.process.pid)
 
-    def new_flow_run(self) -> dict:
+    def new_flow_runs(self) -> list[dict]:
+        """The flow runs the server holds that no earlier call returned."""
         runs = api_post(self.api, "/flow_runs/filter", {"limit": 200})
         fresh = [run for run in runs if run["id"] not in self.seen_flow_runs]
         self.seen_flow_runs.update(run["id"] for run in runs)
+        return fresh
+
+    def new_flow_run(self) -> dict:
+        fresh = self.new_flow_runs()
         if len(fresh) != 1:
             raise RuntimeError(f"expected one new flow run on the server, found {len(fresh)}")
         return fresh[0]
@@ -362,6 +367,7 @@ def run_flow(label: str, manifest: Path, work: Path, server: Server, env: dict, 
     if watcher.submitted:
         result["flow_submit_s"] = watcher.submitted["flow_submit_s"]
     if process.returncode != 0:
+        server.new_flow_runs()  # whatever it left on the server is not the next run's
         result["log_tail"] = tail(work / f"{label}.log", 30).splitlines()
         return result
 

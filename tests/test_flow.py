@@ -155,6 +155,18 @@ def test_separation_runs_once_per_shot(flow_run) -> None:
     assert len(lipdub) == 5
 
 
+def test_the_next_take_is_waiting_for_the_device_before_a_take_ends(flow_run) -> None:
+    """A thread-runner task holds its thread while it waits for its upstream: were a pair's remix and
+    mux submitted before the next pair's take, they would hold the threads and the device would idle
+    between takes."""
+    state, _ = flow_run
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    takes = {run.name: run for run in runs if run.name.startswith("lipdub")}
+    first, second = takes["lipdub sc01_sh010 fr"], takes["lipdub sc01_sh010 de"]
+    assert second.start_time < first.end_time
+
+
 def test_summary_artifact_lists_every_pair(flow_run) -> None:
     state, _ = flow_run
     with get_client(sync_client=True) as client:
