@@ -301,8 +301,8 @@ def recorded_noise(pipe: LTX2LipDubPipeline) -> Iterator[list[torch.Tensor]]:
     drawn: list[torch.Tensor] = []
     draw = pipe._noise
 
-    def record(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-        noise = draw(shape, generator)
+    def record(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
+        noise = draw(shape, generator, device)
         drawn.append(noise.clone())
         return noise
 

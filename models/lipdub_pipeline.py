@@ -249,7 +249,9 @@ class LTX2LipDubPipeline(LTX2InContextPipeline):
 
         ``timings``, when given, receives seconds per stage (device-synchronised), for benchmarks.
         """
-        clock = _StageClock(self._execution_device, timings)
+        # Read once a take: diffusers finds it by walking every component's modules (tens of ms a time).
+        device = self._execution_device
+        clock = _StageClock(device, timings)
         cell = self.vae_spatial_compression_ratio
         latent_frames = (references.num_frames - 1) // self.vae_temporal_compression_ratio + 1
         half_h, half_w = references.height // 2 // cell, references.width // 2 // cell
@@ -257,11 +259,11 @@ class LTX2LipDubPipeline(LTX2InContextPipeline):
         audio_channels = self.audio_latent_channels * (self.audio_mel_bins // self.audio_vae_mel_compression_ratio)
 
         # Stage 1: half size, pure noise, video and voice references.
-        video = self._noise((1, latent_frames * half_h * half_w, self.transformer.config.in_channels), generator)
-        audio = self._noise((1, audio_frames, audio_channels), generator)
+        video = self._noise((1, latent_frames * half_h * half_w, self.transformer.config.in_channels), generator, device)
+        audio = self._noise((1, audio_frames, audio_channels), generator, device)
         video, audio = self._denoise(
             video, (latent_frames, half_h, half_w), references.video_stage_1,
-            audio, references.audio, prompt, stage_1_sigmas, references.frame_rate, freeze_audio=False,
+            audio, references.audio, prompt, stage_1_sigmas, references.frame_rate, device, freeze_audio=False,
         )
         clock.lap("stage_1")
 
@@ -271,11 +273,11 @@ class LTX2LipDubPipeline(LTX2InContextPipeline):
 
         # Stage 2: full size from sigma 0.909375; the audio is frozen and no voice reference is needed.
         sigma = stage_2_sigmas[0]
-        video = sigma * self._noise(tuple(video.shape), generator) + (1.0 - sigma) * video
+        video = sigma * self._noise(tuple(video.shape), generator, device) + (1.0 - sigma) * video
         full = (latent_frames, 2 * half_h, 2 * half_w)
         video, _ = self._denoise(
             video, full, references.video_stage_2, audio, None, prompt, stage_2_sigmas, references.frame_rate,
-            freeze_audio=True,
+            device, freeze_audio=True,
         )
         clock.lap("stage_2")
 
@@ -284,10 +286,10 @@ class LTX2LipDubPipeline(LTX2InContextPipeline):
         clock.lap("decode")
         return LipDubResult(frames, waveform, self.output_sample_rate)
 
-    def _noise(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    def _noise(self, shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
         # Drawn on the generator's device (CPU for dubflow): the same seed gives the same take on any device.
         noise = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
-        return noise.to(self._execution_device)
+        return noise.to(device)
 
     def _denoise(
         self,
@@ -299,10 +301,11 @@ class LTX2LipDubPipeline(LTX2InContextPipeline):
         prompt: PromptEmbedding,
         sigmas: tuple[float, ...],
         frame_rate: float,
+        device: torch.device,
         freeze_audio: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Euler steps on the target tokens; reference tokens ride along clean (timestep 0)."""
-        device, dtype = self._execution_device, self.transformer.dtype
+        dtype = self.transformer.dtype
         latent_frames, latent_height, latent_width = video_grid
         video_coords = torch.cat(
             [
