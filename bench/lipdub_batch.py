@@ -236,7 +236,7 @@ def main() -> None:
         total_s = batch.total()
     by_call = busy_by_call(busy, spans)
     # The process's first-use costs (CUDA libraries, the first Gemma call, first kernels) fall on the first shot.
-    first_shot_end = spans[3 * args.languages - 1][2]
+    first_shot_end = spans[len(spans) // args.shots - 1][2]  # every shot makes the same calls
     after_first_shot = busy.fraction_between(first_shot_end, spans[-1][2]) if args.shots > 1 else None
     per_clip = total_s / len(pairs)
     results["resident"] = {

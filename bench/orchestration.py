@@ -26,9 +26,9 @@ Everything runs in a fresh temporary folder, on loopback only, with argument lis
 
 Per repeat, four child processes (five with --threaded-plain; each a fresh Python: imports, model loads and all):
 
-1. flow, fresh: `dubflow run MANIFEST --out OUT --profile smoke --run-id flow-fresh-N` with
+1. flow, fresh: `dubflow run MANIFEST --out OUT --profile PROFILE --run-id flow-fresh-N` with
    PREFECT_API_URL pointing at the server (the flow's default runner: `runner_threads()` threads; the model
-   stages take turns on the one `cpu` device lease). Measured: the process's wall time and CPU seconds,
+   stages take turns on the profile's one device lease, `cpu` or `cuda:0`). Measured: the process's wall time and CPU seconds,
    the flow's own `wall` (its last line: from the flow body's start to before its artifacts), the
    server's CPU seconds, and from the server every task run of that flow run (`total_run_time`,
    start/end), summed per stage. Its output lines are time stamped (plan_10k.Watcher) for the phases.
