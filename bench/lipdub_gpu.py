@@ -27,7 +27,8 @@ import torch
 
 from dubflow.models.lipdub import SourceShot, build_prompt, build_random_model
 from dubflow.models.ltx2_architectures import LTX_2_3
-from dubflow.models.profiles import RANDOM_WEIGHTS_SEED, Kernels
+from dubflow.models.kernels import Kernels
+from dubflow.models.profiles import RANDOM_WEIGHTS_SEED
 
 STAGES = ("text_encode", "reference_encode", "stage_1", "upsample", "stage_2", "decode")
 
@@ -70,7 +71,7 @@ def relative_error(value: np.ndarray, reference: np.ndarray) -> float:
 
 
 def add_kernel_arguments(parser: argparse.ArgumentParser) -> None:
-    """The model's GPU kernels (models/profiles.Kernels), as $DUBFLOW_FP8_WEIGHTS/_ATTENTION/_COMPILE set them."""
+    """The model's GPU kernels (models/kernels.Kernels), as $DUBFLOW_FP8_WEIGHTS/_ATTENTION/_COMPILE set them."""
     parser.add_argument("--fp8-weights", action="store_true", help="transformer weights stored in float8")
     parser.add_argument("--attention", default=Kernels().attention, help="a diffusers attention backend")
     parser.add_argument("--compile", action="store_true", help="torch.compile the transformer block")

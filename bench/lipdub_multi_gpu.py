@@ -46,7 +46,7 @@ from lipdub_gpu import add_kernel_arguments, kernels_from_args
 from lipdub_plain_route import ARCHITECTURES, device_and_dtype
 
 from dubflow.models.lipdub import SourceShot
-from dubflow.models.profiles import Kernels
+from dubflow.models.kernels import Kernels
 
 # As deploy/dask-gpu-worker.yaml runs a worker: CPU stages beside the one GPU task, memory bound.
 WORKER_THREADS, WORKER_MEMORY_LIMIT, WORKER_OMP_THREADS = 4, "88GiB", 8

@@ -62,7 +62,7 @@ Differences that remain, on purpose:
 - the noise: both draw it from a CPU generator seeded alike, but in different orders and shapes.
 
 Kernels: ``--fp8-weights``/``--attention``/``--compile`` build dubflow's model with those
-``Kernels`` (models/profiles.py), as ``$DUBFLOW_*`` set them for the flow. The plain route shares
+``Kernels`` (models/kernels.py), as ``$DUBFLOW_*`` set them for the flow. The plain route shares
 the transformer, so it always runs under PyTorch's default attention and uncompiled
 (``default_kernels``: diffusers' "native" backend, ``torch.compiler.set_stance("force_eager")``);
 with kernels other than the defaults, route "dubflow-default" (dubflow on the default kernels) also
@@ -117,7 +117,8 @@ from diffusers.pipelines.ltx2.utils import DISTILLED_SIGMA_VALUES, STAGE_2_DISTI
 from dubflow.models.lipdub import LipDubModel, PreparedShot, SourceShot, build_prompt, build_random_model
 from dubflow.models.lipdub_pipeline import STAGE_1_SIGMAS, STAGE_2_SIGMAS, LTX2LipDubPipeline, Tokens
 from dubflow.models.ltx2_architectures import LTX_2_3, SMOKE
-from dubflow.models.profiles import RANDOM_WEIGHTS_SEED, Kernels
+from dubflow.models.kernels import Kernels
+from dubflow.models.profiles import RANDOM_WEIGHTS_SEED
 from lipdub_gpu import add_kernel_arguments, kernels_from_args, relative_error, synthetic_shot  # bench/lipdub_gpu.py: scripts here run with bench/ on sys.path
 
 ARCHITECTURES = {"ltx-2.3": LTX_2_3, "smoke": SMOKE}

@@ -9,7 +9,7 @@ What it does, all in a fresh temporary folder and on loopback only:
 
 1. Writes one real locked shot with dubflow's own sample writer (`manifests.samples.write_sample_shot`:
    H.264 picture of a face-like shape + 24-bit PCM stereo soundtrack of a synthetic voice over chords
-   and room tone; 96×64, 48 frames at 24 fps = 2 s), probes it with `tasks.media.probe`, and copies it
+   and room tone; 96×64, 48 frames at 24 fps = 2 s), probes it with `media.io.probe`, and copies it
    to --shots files (`shots/plan_0000.mov`, ...): every shot is a valid, readable file of its own with
    its own shot id (the copies have equal bytes, hence equal sha256; the stage keys still differ, since
    they include the shot id). The manifest (`manifest.csv`) has one row per (shot, language) with
@@ -107,8 +107,8 @@ def write_inputs(folder: Path, shots: int, languages: int) -> tuple[Path, dict]:
     """The template shot, its copies and manifest.csv; returns the manifest path and what was written."""
     from dubflow.manifests.samples import SampleShot, write_sample_shot
     from dubflow.manifests.schema import canonical_language, parse_manifest
-    from dubflow.tasks.files import sha256_file
-    from dubflow.tasks.media import probe
+    from dubflow.media.files import sha256_file
+    from dubflow.media.io import probe
 
     if not 1 <= languages <= len(LANGUAGES):
         raise SystemExit(f"--languages must be 1..{len(LANGUAGES)}")

@@ -18,7 +18,7 @@ children), device synchronised:
   dubflow would run it: every process starts Python, imports torch, loads the model, reads the file,
   separates and writes vocals + no_vocals.
 - dubflow: in this process, a `Separator` (what the resident model is) loaded once per repeat (load_s),
-  then every file read with `tasks.media.read_track`, all of them separated by one
+  then every file read with `media.io.read_track`, all of them separated by one
   `Separator.separate_many` call (segments of all files batched, `batch_size` 4) and dialogue + bed
   written as 24-bit WAVs (batched_s). Reported with and without the load.
 - dubflow per file: the same loaded model, one `Separator.separate` call per file, as
@@ -53,7 +53,7 @@ from demucs.pretrained import get_model
 
 from dubflow.models.profiles import cache_dir
 from dubflow.models.separator import HTDEMUCS_KWARGS, Separator, build_random_htdemucs
-from dubflow.tasks.media import AudioTrack, read_track, write_wav
+from dubflow.media.io import AudioTrack, read_track, write_wav
 
 SAMPLE_RATE = 48_000
 TARGET_RATIO = 2.0  # issue 9: dubflow >= 2x the per-file command line's throughput

@@ -145,7 +145,7 @@ def _endpoint_url(text: str) -> str:
 
 
 def _loudness(text: str) -> str:
-    from dubflow.tasks.audio import LoudnessProfileError, parse_loudness_profile
+    from dubflow.media.audio import LoudnessProfileError, parse_loudness_profile
 
     try:
         return parse_loudness_profile(text).name

@@ -34,8 +34,8 @@ from dubflow.manifests.schema import ManifestError, ManifestRow
 from dubflow.models.devices import lease_records
 from dubflow.models.profiles import ModelProfile, ProfileError, cache_dir, resolve_profile
 from dubflow.models.separator import SeparatorSpec
-from dubflow.tasks.audio import LoudnessProfile, LoudnessProfileError, parse_loudness_profile
-from dubflow.tasks.files import sha256_file
+from dubflow.media.audio import LoudnessProfile, LoudnessProfileError, parse_loudness_profile
+from dubflow.media.files import sha256_file
 from dubflow.tasks.lipdub import lipdub_identity, lipdub_key, lipdub_pair_task
 from dubflow.tasks.mux import mezzanine_pair_task, mux_key, mux_pair_task
 from dubflow.tasks.publish import (

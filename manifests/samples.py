@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 from scipy import signal
 
-from dubflow.tasks.files import sha256_file
-from dubflow.tasks.media import AudioTrack, write_video, write_wav
+from dubflow.media.files import sha256_file
+from dubflow.media.io import AudioTrack, write_video, write_wav
 
 SAMPLE_RATE = 48_000
 VOWEL_FORMANTS = ((730, 1090), (270, 2290), (300, 870), (530, 1840), (570, 840))  # a i u e o

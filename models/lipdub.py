@@ -48,9 +48,10 @@ from dubflow.models.lipdub_pipeline import (
     ShotReferences,
 )
 from dubflow.models.ltx2_architectures import SMOKE, LTX2Architecture, build_components
-from dubflow.models.profiles import LIPDUB_LORA_FILE, Kernels
+from dubflow.models.kernels import Kernels
+from dubflow.models.ltx_files import LIPDUB_LORA_FILE
 from dubflow.models.residency import resident
-from dubflow.tasks.files import sha256_file
+from dubflow.media.files import sha256_file
 
 __all__ = [
     "ADAPTER_NAME",

@@ -19,9 +19,11 @@ from pathlib import Path
 
 import torch
 
+from dubflow.models.kernels import Kernels
+from dubflow.models.ltx_files import LIPDUB_LORA_FILE
+
 PROFILE_NAMES = ("smoke", "ltx-2.3", "ltx-2.3-random")
 RANDOM_WEIGHTS_SEED = 20_260_101
-LIPDUB_LORA_FILE = "ltx-2.3-22b-ic-lora-lipdub-0.9.safetensors"
 SMOKE_NOTICE = (
     "SMOKE PROFILE: tiny random-weight models — the dubbed pictures and voices are noise. "
     "This run checks the plumbing, not the quality."
@@ -34,16 +36,6 @@ RANDOM_NOTICE = (
 
 class ProfileError(Exception):
     """A profile cannot be used as asked (unknown name, weights missing)."""
-
-
-@dataclass(frozen=True)
-class Kernels:
-    """How LipDub's transformer runs (a CPU applies only ``fp8_weights``). None changes the algorithm;
-    each changes the rounding of its arithmetic (measured in BENCHMARKS.md), so each is part of a take's key."""
-
-    fp8_weights: bool = False  # weights stored in float8 (e4m3), cast per layer as it runs: half the memory
-    attention: str = "native"  # a diffusers attention backend; "native": PyTorch's own choice of SDPA kernel
-    compile_blocks: bool = False  # torch.compile of the transformer block, once per process (regional)
 
 
 @dataclass(frozen=True)

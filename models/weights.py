@@ -22,10 +22,8 @@ from pathlib import Path
 
 import torch
 
-from dubflow.models.profiles import LIPDUB_LORA_FILE
+from dubflow.models.ltx_files import BASE_REPO, LIPDUB_LORA_FILE, LORA_REPO
 
-BASE_REPO = "Lightricks/LTX-2.3"
-LORA_REPO = "Lightricks/LTX-2.3-22b-IC-LoRA-LipDub"
 # The diffusers components the pipeline needs; the base repo also holds single-file checkpoints we skip.
 DIFFUSERS_COMPONENTS = (
     "transformer", "vae", "audio_vae", "connectors", "vocoder", "latent_upsampler", "text_encoder", "tokenizer",

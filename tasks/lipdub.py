@@ -18,8 +18,8 @@ from dubflow.models.devices import lease_device
 from dubflow.models.lipdub import LipDubOutput, SourceShot, build_prompt
 from dubflow.models.ltx2_architectures import LTX_2_3
 from dubflow.models.profiles import RANDOM_WEIGHTS_SEED, ModelProfile, load_lipdub
-from dubflow.tasks.files import sha256_file
-from dubflow.tasks.media import AudioTrack, MediaError, audio_layout_name, read_audio, read_frames, write_video, write_wav
+from dubflow.media.files import sha256_file
+from dubflow.media.io import AudioTrack, MediaError, audio_layout_name, read_audio, read_frames, write_video, write_wav
 from dubflow.tasks.separate import require_audio_track
 from dubflow.tasks.retries import LIPDUB_TIMEOUT_ENV, STAGE_RETRIES
 from dubflow.tasks.stage_cache import StageCache, stage_key

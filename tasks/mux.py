@@ -14,7 +14,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from dubflow.tasks.lipdub import DubbedTake
-from dubflow.tasks.media import iter_frames, probe, read_track, write_video
+from dubflow.media.io import iter_frames, probe, read_track, write_video
 from dubflow.tasks.remix import RemixedPair
 from dubflow.tasks.retries import STAGE_RETRIES
 from dubflow.tasks.stage_cache import StageCache, stage_key

@@ -39,7 +39,7 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from dubflow.tasks.files import atomic_write_bytes, sha256_file
+from dubflow.media.files import atomic_write_bytes, sha256_file
 from dubflow.tasks.retries import STAGE_RETRIES
 from dubflow.tasks.storage import (
     S3Uri,

@@ -31,15 +31,15 @@ from prefect.cache_policies import NO_CACHE
 from scipy import signal
 
 from dubflow.models.separator import resample_to_delivery
-from dubflow.tasks.audio import (
+from dubflow.media.audio import (
     EBU_R128,
     LoudnessProfile,
     dialogue_regions,
     program_loudness,
     true_peak_dbtp,
 )
-from dubflow.tasks.files import atomic_write_bytes
-from dubflow.tasks.media import DELIVERY_SAMPLE_RATE, PCM24_MAX, probe, read_audio
+from dubflow.media.files import atomic_write_bytes
+from dubflow.media.io import DELIVERY_SAMPLE_RATE, PCM24_MAX, probe, read_audio
 from dubflow.tasks.remix import RemixedPair
 from dubflow.tasks.separate import SeparatedShot
 from dubflow.tasks.retries import STAGE_RETRIES

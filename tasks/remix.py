@@ -18,7 +18,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from dubflow.models.separator import SeparatorSpec
-from dubflow.tasks.audio import (
+from dubflow.media.audio import (
     EBU_R128,
     LoudnessProfile,
     db_to_gain,
@@ -30,7 +30,7 @@ from dubflow.tasks.audio import (
     program_loudness,
 )
 from dubflow.tasks.lipdub import DubbedTake
-from dubflow.tasks.media import (
+from dubflow.media.io import (
     DELIVERY_SAMPLE_RATE,
     PCM24_MAX,
     AudioTrack,

@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 
 from dubflow.models.profiles import ModelProfile, ProfileError
 from dubflow.models.separator import SeparatorSpec
-from dubflow.tasks.media import (
+from dubflow.media.io import (
     DELIVERY_SAMPLE_RATE,
     PCM24_MAX,
     AudioTrack,

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dubflow.tasks.files import atomic_write_bytes
+from dubflow.media.files import atomic_write_bytes
 from dubflow.tasks.storage import (
     S3Uri,
     S3UriError,

@@ -54,7 +54,7 @@ from botocore.exceptions import (
 )
 from s3transfer.utils import ChunksizeAdjuster
 
-from dubflow.tasks.files import CHUNK, atomic_write_bytes, sha256_file
+from dubflow.media.files import CHUNK, atomic_write_bytes, sha256_file
 
 S3_SCHEME = "s3://"
 SHA256_METADATA = "sha256"  # stored as x-amz-meta-sha256: the full-file sha256 of the delivery manifest

@@ -1,7 +1,7 @@
 """Per (shot, language): SRT and WebVTT subtitles of the script, timed to the new dialogue.
 
 The script's line is shown while the new DX stem carries speech (from the first to the last
-dialogue region `dubflow.tasks.audio.dialogue_regions` finds), never outside the shot. Text is
+dialogue region `dubflow.media.audio.dialogue_regions` finds), never outside the shot. Text is
 wrapped to at most 42 characters a line and two lines a cue, in as few lines as possible and with
 lines of even length; a line that needs more than two lines is split into several consecutive cues,
 each shown for a share of the dialogue time proportional to its length.
@@ -20,9 +20,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from dubflow.manifests.schema import ManifestRow
-from dubflow.tasks.audio import dialogue_regions
-from dubflow.tasks.files import atomic_write_bytes
-from dubflow.tasks.media import read_audio
+from dubflow.media.audio import dialogue_regions
+from dubflow.media.files import atomic_write_bytes
+from dubflow.media.io import read_audio
 from dubflow.tasks.remix import RemixedPair
 from dubflow.tasks.retries import STAGE_RETRIES
 from dubflow.tasks.stage_cache import StageCache, stage_key

@@ -20,8 +20,8 @@ from dubflow.manifests.schema import (
     parse_manifest,
     resolve_source,
 )
-from dubflow.tasks.files import sha256_file
-from dubflow.tasks.media import MediaError, MediaInfo, probe
+from dubflow.media.files import sha256_file
+from dubflow.media.io import MediaError, MediaInfo, probe
 from dubflow.tasks.storage import (
     S3UriError,
     StorageError,

@@ -10,7 +10,7 @@ import pyloudnorm
 import pytest
 from scipy import signal
 
-from dubflow.tasks.audio import (
+from dubflow.media.audio import (
     ATSC_A85,
     EBU_R128,
     LOUDNESS_PROFILES,
@@ -23,7 +23,7 @@ from dubflow.tasks.audio import (
     parse_loudness_profile,
     program_loudness,
 )
-from dubflow.tasks.media import read_audio
+from dubflow.media.io import read_audio
 
 RATE = 48_000
 

@@ -24,8 +24,8 @@ from dubflow.flows.localize import localize
 from dubflow.models.devices import lease_records
 from dubflow.models.lipdub import LipDubModel
 from dubflow.models.profiles import cache_dir
-from dubflow.tasks.files import sha256_file
-from dubflow.tasks.media import probe
+from dubflow.media.files import sha256_file
+from dubflow.media.io import probe
 
 
 def _worker_state() -> dict:

@@ -20,8 +20,8 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from dubflow.flows.cli import main
 from dubflow.flows.localize import PairsFailedError, localize
-from dubflow.tasks.files import sha256_file
-from dubflow.tasks.media import probe, read_audio, write_video
+from dubflow.media.files import sha256_file
+from dubflow.media.io import probe, read_audio, write_video
 
 SILENT_SHOT = "sc09_silent"
 

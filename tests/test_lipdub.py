@@ -28,7 +28,8 @@ from dubflow.models.lipdub import (
     read_reference_downscale_factor,
 )
 from dubflow.models.lipdub_pipeline import AUDIO_REFERENCE_GAP_SECONDS, STAGE_1_SIGMAS, STAGE_2_SIGMAS
-from dubflow.models.profiles import LIPDUB_LORA_FILE, Kernels
+from dubflow.models.kernels import Kernels
+from dubflow.models.ltx_files import LIPDUB_LORA_FILE
 
 FPS = Fraction(30000, 1001)
 PROMPT = build_prompt("a man in a grey coat", "French", "Bonjour, comment allez-vous ?")
@@ -513,7 +514,7 @@ def test_a_shots_languages_share_one_reference_encoding_through_the_task(samples
     """The stage function as the flow calls it, once per (shot, language): the shot is encoded once."""
     from dubflow.models.profiles import load_lipdub, resolve_profile
     from dubflow.tasks.lipdub import lipdub_pair
-    from dubflow.tasks.media import probe
+    from dubflow.media.io import probe
     from dubflow.tasks.validate import validate_manifest
 
     manifest = validate_manifest(samples_dir / "manifest.csv")

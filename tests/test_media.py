@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dubflow.manifests.samples import SAMPLE_SHOTS
-from dubflow.tasks.media import (
+from dubflow.media.io import (
     AudioTrack,
     MediaError,
     probe,

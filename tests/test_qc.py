@@ -17,9 +17,9 @@ from scipy import signal
 
 from dubflow.manifests.schema import ManifestRow
 from dubflow.models.separator import SeparatorSpec, build_smoke_separator
-from dubflow.tasks.audio import EBU_R128, fit_length, picture_samples
+from dubflow.media.audio import EBU_R128, fit_length, picture_samples
 from dubflow.tasks.lipdub import DubbedTake
-from dubflow.tasks.media import AudioTrack, quantize_pcm24, read_audio, read_frames, read_track, write_video, write_wav
+from dubflow.media.io import AudioTrack, quantize_pcm24, read_audio, read_frames, read_track, write_video, write_wav
 from dubflow.tasks.mux import mux_pair
 from dubflow.tasks.qc import PairDeliverables, QCFailedError, qc_deliverables, qc_pair
 from dubflow.tasks.remix import place_dialogue, remix_pair

@@ -23,7 +23,7 @@ from prefect.client.orchestration import get_client
 from dubflow.flows.cli import main
 from dubflow.flows.localize import localize
 from dubflow.models.profiles import ProfileError, resolve_profile
-from dubflow.tasks.files import sha256_file
+from dubflow.media.files import sha256_file
 from dubflow.tasks.lipdub import lipdub_identity
 from dubflow.tasks.separate import separator_identity, separator_spec
 from dubflow.tasks.stage_cache import CacheCounts, StageCache, stage_key

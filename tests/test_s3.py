@@ -28,7 +28,7 @@ from prefect.logging.handlers import APILogWorker
 from dubflow.flows.cli import main
 from dubflow.manifests.schema import ManifestError
 from dubflow.tasks import storage
-from dubflow.tasks.files import sha256_file
+from dubflow.media.files import sha256_file
 from dubflow.tasks.publish import (
     DeliveryFile,
     InvalidDestinationError,

@@ -6,7 +6,7 @@ import numpy as np
 
 from dubflow.flows.cli import main
 from dubflow.manifests.samples import SAMPLE_SHOTS
-from dubflow.tasks.media import read_audio
+from dubflow.media.io import read_audio
 
 
 def test_stems_add_up_to_the_shot_soundtrack(samples_dir: Path) -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dubflow.tasks.audio import integrated_loudness, limit_true_peak, picture_samples, true_peak_dbtp
-from dubflow.tasks.files import sha256_file
-from dubflow.tasks.media import quantize_pcm24
+from dubflow.media.audio import integrated_loudness, limit_true_peak, picture_samples, true_peak_dbtp
+from dubflow.media.files import sha256_file
+from dubflow.media.io import quantize_pcm24
 from dubflow.tasks.publish import DeliveryFile, PairOutcome, publish_local
 from dubflow.tasks.remix import overlay, place_dialogue
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from dubflow.flows.cli import main
 from dubflow.models.lipdub import build_smoke_weights
-from dubflow.models.profiles import LIPDUB_LORA_FILE
+from dubflow.models.ltx_files import LIPDUB_LORA_FILE
 from dubflow.models.weights import WeightsDownloadError, check_weights, download_weights
 
 
