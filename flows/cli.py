@@ -21,12 +21,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     validate = commands.add_parser("validate", help="check a manifest and its pictures; exit 0 if valid, 1 if not")
     validate.add_argument("manifest", type=Path)
     validate.add_argument("--languages", type=_language_list, default=None, help="comma-separated subset, e.g. fr,de")
+    _strict_fit_option(validate)
     _endpoint_option(validate)
 
     run = commands.add_parser("run", help="localize every (shot, language) of a manifest")
     run.add_argument("manifest", type=Path)
     run.add_argument("--out", required=True, help="delivery folder, or s3://bucket/prefix")
     run.add_argument("--languages", type=_language_list, default=None, help="comma-separated subset, e.g. fr,de")
+    _strict_fit_option(run)
     run.add_argument("--profile", default="smoke", help="model profile: smoke | ltx-2.3 | ltx-2.3-random (default: smoke)")
     run.add_argument("--run-id", default=None, help="name of the delivery folder (default: UTC timestamp)")
     run.add_argument("--force", action="store_true",
@@ -69,17 +71,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "validate":
         try:
-            manifest = validate_manifest(args.manifest, args.languages, args.endpoint_url)
+            manifest = validate_manifest(args.manifest, args.languages, args.endpoint_url, args.strict_fit)
         except ManifestError as exc:
             print(exc, file=sys.stderr)
             return 1
+        for warning in manifest.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
         print(summary_table(manifest))
         return 0
     if args.command == "run":
         separator = {f"separator_{key}": getattr(args, f"separator_{key}") for key in ("model", "repo", "device", "shifts")}
         return _run(args.manifest, args.out, args.languages, args.profile, args.run_id, endpoint_url=args.endpoint_url,
-                    force=args.force, cluster=args.cluster, cache_remote=args.cache_remote, **_delivery(args),
-                    **separator)
+                    force=args.force, cluster=args.cluster, cache_remote=args.cache_remote, strict_fit=args.strict_fit,
+                    **_delivery(args), **separator)
     if args.command == "models":
         return _models(args)
     if args.command == "demo":
@@ -127,6 +131,11 @@ def _delivery_options(parser: argparse.ArgumentParser) -> None:
 
 def _delivery(args: argparse.Namespace) -> dict[str, object]:
     return {"loudness": args.loudness, "allow_qc_warnings": args.allow_qc_warnings, "prores": args.prores}
+
+
+def _strict_fit_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--strict-fit", action="store_true",
+                        help="a line too long to say naturally in its shot is an error, not a warning")
 
 
 def _endpoint_option(parser: argparse.ArgumentParser) -> None:

@@ -162,6 +162,7 @@ def localize(
     endpoint_url: str | None = None,
     force: bool = False,
     cache_remote: str | None = None,
+    strict_fit: bool = False,
 ) -> RunSummary:
     """`loudness`: a profile name or custom target (see `parse_loudness_profile`); `allow_qc_warnings`
     delivers pairs whose QC failed with the failures recorded; `prores` adds the ProRes 422 HQ
@@ -170,11 +171,14 @@ def localize(
     for s3:// sources (default: AWS_ENDPOINT_URL, else AWS). Stage results are reused from
     `$DUBFLOW_CACHE/work` when their content inputs are unchanged (`dubflow.tasks.stage_cache`);
     `force` computes every stage again and replaces what is stored. `cache_remote` (default
-    `$DUBFLOW_CACHE_REMOTE`), an s3:// prefix, shares stage results between machines."""
+    `$DUBFLOW_CACHE_REMOTE`), an s3:// prefix, shares stage results between machines. `strict_fit`
+    makes a line too long for its shot an error instead of a warning."""
     started = time.monotonic()
     loudness_profile = parse_loudness_profile(loudness)
     destination = open_destination(out, endpoint_url)  # a bad --out fails now, not after the GPU work
-    validated = validate_manifest(manifest, languages, endpoint_url)
+    validated = validate_manifest(manifest, languages, endpoint_url, strict_fit)
+    for warning in validated.warnings:
+        print(f"warning: {warning}")
     runner = FlowRunContext.get().task_runner
     on_cluster = isinstance(runner, DaskTaskRunner)
     if on_cluster:

@@ -52,41 +52,36 @@ def wrap_text(text: str, max_chars: int = MAX_LINE_CHARS, max_lines: int = MAX_L
     `max_lines` to a cue. Words break at spaces; a word longer than a line (or text written without
     spaces) is cut at `max_chars`."""
     words = [word[i:i + max_chars] for word in text.split() for i in range(0, len(word), max_chars)]
-    if not words:
-        return []
-    count = 1
-    while (lines := _balanced_lines(words, count, max_chars)) is None:
-        count += 1
+    lines = _balanced_lines(words, max_chars)
     return [tuple(lines[i:i + max_lines]) for i in range(0, len(lines), max_lines)]
 
 
-def _balanced_lines(words: list[str], count: int, max_chars: int) -> list[str] | None:
-    """`words` in exactly `count` lines (when there are that many words) minimising the longest line,
-    or None when they do not fit in `count` lines of `max_chars`."""
-    count = min(count, len(words))
-    ends = np.cumsum([len(word) for word in words])
+def _balanced_lines(words: list[str], max_chars: int) -> list[str]:
+    """`words` in lines of at most `max_chars` (no word is longer): the fewest lines, and among
+    those the smallest sum of squared line lengths. With the line count fixed the lengths have a
+    fixed sum, so that is the most even split.
 
-    def width(i: int, j: int) -> int:  # words[i:j] joined by single spaces
-        return int(ends[j - 1] - (ends[i - 1] if i else 0)) + (j - i - 1)
-
+    A dynamic programme over word positions: best[j] is the best (lines, sum of squares) for
+    words[:j], found from the last line's possible starts. A line holds at most max_chars // 2 + 1
+    words (one character and a space each), so each position looks back a bounded number of words
+    and the whole is linear in the number of words."""
     n = len(words)
-    # best[k][j]: smallest possible longest line when words[:j] make k lines; cut[k][j]: where the last starts
-    best = [[math.inf] * (n + 1) for _ in range(count + 1)]
-    cut = [[0] * (n + 1) for _ in range(count + 1)]
-    best[0][0] = 0
-    for k in range(1, count + 1):
-        for j in range(k, n + 1):
-            for i in range(k - 1, j):
-                longest = max(best[k - 1][i], width(i, j))
-                if longest < best[k][j]:
-                    best[k][j], cut[k][j] = longest, i
-    if best[count][n] > max_chars:
-        return None
+    best: list[tuple[int, int]] = [(0, 0)] + [(n + 1, 0)] * n
+    start = [0] * (n + 1)  # start[j]: where the last line of the best split of words[:j] starts
+    for j in range(1, n + 1):
+        width = -1
+        for i in range(j - 1, -1, -1):
+            width += len(words[i]) + 1  # words[i:j] joined by single spaces
+            if width > max_chars:
+                break
+            lines, squares = best[i]
+            candidate = (lines + 1, squares + width * width)
+            if candidate < best[j]:
+                best[j], start[j] = candidate, i
     lines, j = [], n
-    for k in range(count, 0, -1):
-        i = cut[k][j]
-        lines.append(" ".join(words[i:j]))
-        j = i
+    while j > 0:
+        lines.append(" ".join(words[start[j]:j]))
+        j = start[j]
     return lines[::-1]
 
 

@@ -3,10 +3,14 @@
 A source may be a local path or `s3://bucket/key`; an S3 picture is fetched once into the
 content-addressed cache (`$DUBFLOW_CACHE/sources/<sha256>`) and from then on treated like a local
 file, so every later stage reads local paths.
+
+Each line is also checked against its shot's length (`line_fit_problem`): a warning, or an error
+with `strict_fit`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -17,9 +21,11 @@ from dubflow.manifests.schema import (
     ManifestRow,
     Problem,
     canonical_language,
-    parse_manifest,
+    parse_table,
+    read_table,
     resolve_source,
 )
+from dubflow.manifests.speech_rate import MAX_NATURAL_RATE, line_length
 from dubflow.media.files import sha256_file
 from dubflow.media.io import MediaError, MediaInfo, probe
 from dubflow.tasks.storage import (
@@ -48,6 +54,7 @@ class Manifest:
     path: Path
     shots: Mapping[str, Shot]
     rows: tuple[ManifestRow, ...]
+    warnings: tuple[Problem, ...] = ()  # how the file was read when it took a guess; lines that may not fit
     languages: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -59,18 +66,21 @@ class Manifest:
 
 
 def validate_manifest(
-    path: Path, languages: Sequence[str] | None = None, endpoint_url: str | None = None
+    path: Path, languages: Sequence[str] | None = None, endpoint_url: str | None = None, strict_fit: bool = False
 ) -> Manifest:
     """Return the validated manifest, or raise ManifestError listing every problem found.
 
     `languages` keeps only those target languages (each must be a valid tag present in the manifest).
     `endpoint_url` is the S3-compatible store that serves `s3://` sources (default: boto3's own
-    `AWS_ENDPOINT_URL`, else AWS).
+    `AWS_ENDPOINT_URL`, else AWS). A line that may not fit its shot is a warning, an error with
+    `strict_fit`.
     """
     path = Path(path)
     if not path.is_file():
         raise ManifestError(path, [Problem(None, None, "manifest file not found", "check the path")])
-    rows, problems = parse_manifest(path)
+    table = read_table(path)
+    rows, problems = parse_table(table)
+    warnings = list(table.warnings)
 
     wanted: set[str] | None = None
     if languages is not None:
@@ -142,10 +152,42 @@ def validate_manifest(
             continue
         shots[row.shot_id] = Shot(row.shot_id, source, digest, media, origin)
 
+    for row in rows:
+        if row.shot_id in shots and (wanted is None or row.language in wanted):
+            problem = line_fit_problem(row, shots[row.shot_id])
+            if problem is not None:
+                (problems if strict_fit else warnings).append(problem)
     if problems:
-        raise ManifestError(path, problems)
+        raise ManifestError(path, sorted(problems, key=lambda problem: problem.row or 0), warnings)
     kept = tuple(row for row in rows if wanted is None or row.language in wanted)
-    return Manifest(path=path, shots={sid: shots[sid] for sid in dict.fromkeys(r.shot_id for r in kept)}, rows=kept)
+    return Manifest(path=path, shots={sid: shots[sid] for sid in dict.fromkeys(r.shot_id for r in kept)}, rows=kept,
+                    warnings=tuple(warnings))
+
+
+def line_fit_problem(row: ManifestRow, shot: Shot) -> Problem | None:
+    """The line needs more than MAX_NATURAL_RATE syllables (or CJK characters) a second over its shot.
+
+    The time measured against is the shot's picture duration, the most the line can have: the
+    original dialogue's own regions are found only by separation, after validation, and before it
+    the soundtrack's energy is music and effects as much as speech. So a warning here means the line
+    is too long even spoken across the whole shot; a line short for its shot is not flagged (a
+    one-word answer in a long shot is ordinary)."""
+    length = line_length(row.script, row.language)
+    if length is None:
+        return None
+    seconds = shot.media.duration
+    rate = length.rate(seconds)
+    if rate <= MAX_NATURAL_RATE:
+        return None
+    unit = length.unit
+    return Problem(
+        row.row,
+        "script",
+        f"the line needs {rate:.1f} {unit}/s: about {length.count:.0f} {unit} in the shot's {float(seconds):.3f} s "
+        f"(its whole picture; the dialogue's own span is known only after separation), over the "
+        f"{MAX_NATURAL_RATE:g} {unit}/s a speaker says naturally",
+        f"shorten the line to about {math.floor(MAX_NATURAL_RATE * seconds)} {unit}, or give it a longer shot",
+    )
 
 
 class _S3Sources:

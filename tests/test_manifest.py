@@ -71,7 +71,7 @@ def test_each_rule_reports_row_column_and_hint(workdir: Path, override: dict, co
     path = write_csv(workdir / "m.csv", [good_row(shot_id="sh000"), good_row(**override)])
     problems = problems_of(path)
     assert len(problems) == 1, problems
-    assert problems[0].row == 2 and problems[0].column == column
+    assert problems[0].row == 3 and problems[0].column == column  # the header is row 1
     assert fragment in problems[0].message + problems[0].hint
     assert problems[0].hint
 
@@ -92,8 +92,8 @@ def test_duplicate_pair_and_conflicting_sources(workdir: Path) -> None:
         [good_row(), good_row(), good_row(language="de", source="shots/sc01_sh020.mov")],
     )
     problems = problems_of(path)
-    assert [(p.row, p.column) for p in problems] == [(2, "language"), (3, "source")]
-    assert "already appears in row 1" in problems[0].message
+    assert [(p.row, p.column) for p in problems] == [(3, "language"), (4, "source")]
+    assert "already appears in row 2" in problems[0].message
 
 
 def test_unreadable_media_is_reported(workdir: Path) -> None:
@@ -121,7 +121,7 @@ def test_ten_defects_reported_at_once_with_exit_1(workdir: Path, capsys: pytest.
     assert main(["validate", str(path)]) == 1
     err = capsys.readouterr().err
     assert "10 problem(s)" in err
-    for row in range(2, 12):
+    for row in range(3, 13):  # rows as a spreadsheet shows them: data from row 2
         assert f"row {row}," in err
 
 

@@ -201,7 +201,7 @@ def test_s3_source_is_fetched_once_into_the_content_addressed_cache(
     with pytest.raises(ManifestError) as caught:
         validate_manifest(manifest)
     (problem,) = caught.value.problems
-    assert (problem.row, problem.column) == (1, "lock_sha256") and "does not match the lock" in problem.message
+    assert (problem.row, problem.column) == (2, "lock_sha256") and "does not match the lock" in problem.message
     assert relay.count("GetObject") == 1
 
 
@@ -237,13 +237,13 @@ def test_s3_source_problems_say_row_column_what_and_fix(
     with pytest.raises(ManifestError) as caught:
         validate_manifest(manifest, endpoint_url=relay.url)
     problems = {problem.row: problem for problem in caught.value.problems}
-    assert sorted(problems) == [2, 3, 4, 5, 6, 7] and {p.column for p in problems.values()} == {"source"}
-    assert f"unreadable media: s3://{bucket}/notes.mov: cannot be opened" in problems[2].message
-    assert f"no object at s3://{bucket}/Ok.mov" in problems[3].message and "case-sensitive" in problems[3].hint
-    assert "bucket 'no-such-bucket-here' does not exist" in problems[4].message and "create it" in problems[4].hint
-    assert "not a valid bucket name" in problems[5].message and "s3://bucket/key" in problems[5].hint
-    assert "presigned" in problems[6].message
-    assert "other than s3://" in problems[7].message
+    assert sorted(problems) == [3, 4, 5, 6, 7, 8] and {p.column for p in problems.values()} == {"source"}
+    assert f"unreadable media: s3://{bucket}/notes.mov: cannot be opened" in problems[3].message
+    assert f"no object at s3://{bucket}/Ok.mov" in problems[4].message and "case-sensitive" in problems[4].hint
+    assert "bucket 'no-such-bucket-here' does not exist" in problems[5].message and "create it" in problems[5].hint
+    assert "not a valid bucket name" in problems[6].message and "s3://bucket/key" in problems[6].hint
+    assert "presigned" in problems[7].message
+    assert "other than s3://" in problems[8].message
     assert "SECRETSIG" not in str(caught.value)
 
 
@@ -259,7 +259,7 @@ def test_unreachable_endpoint_is_reported_once_not_retried_per_row(
         validate_manifest(manifest, endpoint_url=dead)
     first, *rest = caught.value.problems
     assert f"the S3 endpoint {dead} did not answer" in first.message and "--endpoint-url" in first.hint
-    assert [p.row for p in rest] == [2, 3] and all("not checked" in p.message and "(row 1)" in p.message for p in rest)
+    assert [p.row for p in rest] == [3, 4] and all("not checked" in p.message and "(row 2)" in p.message for p in rest)
     assert time.monotonic() - started < 10
 
 
@@ -282,7 +282,7 @@ def test_access_denied_is_clear_for_sources_and_deliveries(samples_dir: Path, tm
         with pytest.raises(ManifestError) as caught:
             validate_manifest(manifest, endpoint_url=server.url)
         (problem,) = caught.value.problems
-        assert (problem.row, problem.column) == (1, "source")
+        assert (problem.row, problem.column) == (2, "source")
         assert "access denied" in problem.message and "s3://locked/sh.mov" in problem.message
         assert "s3:GetObject" in problem.hint
 
