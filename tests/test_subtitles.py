@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import random
 from datetime import timedelta
 from fractions import Fraction
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 import srt
 import webvtt
 
+from dubflow.manifests.schema import MAX_SCRIPT_CHARS
 from dubflow.tasks.subtitles import (
     MAX_LINE_CHARS,
     Cue,
@@ -45,6 +48,58 @@ def test_text_without_spaces_is_cut_at_the_line_length() -> None:
     japanese = "私たちは夜明けに出発します。街が目を覚ます前に。" * 3
     lines = [line for cue in wrap_text(japanese) for line in cue]
     assert "".join(lines) == japanese and all(len(line) <= MAX_LINE_CHARS for line in lines)
+
+
+def _lines(text: str, max_chars: int = MAX_LINE_CHARS) -> list[str]:
+    return [line for cue in wrap_text(text, max_chars) for line in cue]
+
+
+def _cost(lines: list[str]) -> tuple[int, int]:
+    """What the wrapping promises: the fewest lines, then the most even (smallest sum of squares)."""
+    return len(lines), sum(len(line) ** 2 for line in lines)
+
+
+def _best_by_trying_every_split(words: list[str], max_chars: int) -> tuple[int, int]:
+    candidates = []
+    for count in range(len(words)):
+        for cuts in combinations(range(1, len(words)), count):
+            bounds = (0, *cuts, len(words))
+            lines = [" ".join(words[a:b]) for a, b in zip(bounds, bounds[1:])]
+            if all(len(line) <= max_chars for line in lines):
+                candidates.append(_cost(lines))
+    return min(candidates)
+
+
+def test_the_wrapping_is_the_best_of_every_possible_split() -> None:
+    rng = random.Random(7)
+    for _ in range(150):
+        words = ["x" * rng.randint(1, 9) for _ in range(rng.randint(1, 11))]
+        lines = _lines(" ".join(words), max_chars=16)
+        assert " ".join(lines).split() == words and all(len(line) <= 16 for line in lines)
+        assert _cost(lines) == _best_by_trying_every_split(words, 16)
+
+
+def _greedy_lines(words: list[str], max_chars: int) -> list[str]:
+    """Fill each line as far as it goes: the fewest lines, but not the most even."""
+    lines = [words[0]]
+    for word in words[1:]:
+        if len(lines[-1]) + 1 + len(word) <= max_chars:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines
+
+
+def test_a_script_at_the_manifest_limit_wraps_in_the_fewest_most_even_lines() -> None:
+    """The script-length limit's worst case (the balancer is linear; its time is in BENCHMARKS.md)."""
+    script = (LONG_LINE + " ") * (MAX_SCRIPT_CHARS // len(LONG_LINE) + 1)
+    script = script[:MAX_SCRIPT_CHARS].rsplit(" ", 1)[0]
+    cues = wrap_text(script)
+    lines = [line for cue in cues for line in cue]
+    greedy = _greedy_lines(script.split(), MAX_LINE_CHARS)
+    assert " ".join(lines) == script and all(len(line) <= MAX_LINE_CHARS for line in lines)
+    assert all(1 <= len(cue) <= 2 for cue in cues) and len(cues) == (len(lines) + 1) // 2
+    assert len(lines) == len(greedy) and _cost(lines)[1] < _cost(greedy)[1]
 
 
 def test_cues_share_the_dialogue_time_by_length_without_gaps() -> None:
