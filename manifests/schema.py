@@ -184,7 +184,10 @@ def _read_delimited(path: Path) -> Table:
     numbered = [(number, cells) for number, cells in enumerate(lines, start=1) if any(c.strip() for c in cells)]
     if not numbered:
         _refuse(path, "holds no header row, only blank lines", _EXPORT_AGAIN)
-    columns = tuple(cell.strip() for cell in numbered[0][1])
+    header = [cell.strip() for cell in numbered[0][1]]
+    while not header[-1]:  # spreadsheets export formatted but empty columns as empty header cells
+        header.pop()
+    columns = tuple(header)
     records, problems = [], []
     for number, cells in numbered[1:]:
         extra = [cell for cell in cells[len(columns):] if cell.strip()]
@@ -192,16 +195,14 @@ def _read_delimited(path: Path) -> Table:
             problems.append(_misaligned(number, len(cells), len(columns), separated, DELIMITERS[delimiter]))
             continue
         records.append((number, dict(zip(columns, cells))))
-    warnings = [_cp1252_warning(records)] if encoding == "cp1252" else []
-    return Table(columns, tuple(records), tuple(problems), tuple(w for w in warnings if w))
+    warning = _cp1252_warning(records) if encoding == "cp1252" else None
+    return Table(columns, tuple(records), tuple(problems), (warning,) if warning else ())
 
 
 def _misaligned(row: int, cells: int, expected: int, separated: str, delimiter_name: str) -> Problem:
-    if cells < expected:
-        return Problem(row, None, f"has {cells} cell(s) where the header has {expected}",
-                       f"the header is {separated}: separate this row's cells with a {delimiter_name} too")
-    return Problem(row, None, f"has {cells} cell(s) where the header has {expected}",
-                   f"the file is {separated}: put a cell that contains a {delimiter_name} in double quotes")
+    hint = (f"the header is {separated}: separate this row's cells with a {delimiter_name} too" if cells < expected
+            else f"the file is {separated}: put a cell that contains a {delimiter_name} in double quotes")
+    return Problem(row, None, f"has {cells} cell(s) where the header has {expected}", hint)
 
 
 def _cp1252_warning(records: list[tuple[int, dict[str, str]]]) -> Problem | None:
@@ -246,7 +247,7 @@ def parse_manifest(path: Path) -> tuple[list[ManifestRow], list[Problem]]:
 
 
 def parse_table(table: Table) -> tuple[list[ManifestRow], list[Problem]]:
-    """Apply every table rule; return the rows that parsed and every problem found, by row."""
+    """Apply every table rule; return the rows that parsed and every problem found."""
     problems: list[Problem] = list(table.problems)
     missing = [column for column in REQUIRED_COLUMNS if column not in table.columns]
     separator = _foreign_separator(table.columns) if missing else None
@@ -256,6 +257,8 @@ def parse_table(table: Table) -> tuple[list[ManifestRow], list[Problem]]:
                             "save the manifest with a comma, semicolon, tab or pipe between cells")]
     for column in missing:
         problems.append(Problem(None, column, "required column is missing", f"add a '{column}' column"))
+    for column in dict.fromkeys(c for c in table.columns if table.columns.count(c) > 1):
+        problems.append(Problem(None, column, "column appears more than once", "keep one column of each name"))
     for column in table.columns:
         if column not in KNOWN_COLUMNS:
             problems.append(
@@ -352,7 +355,6 @@ def parse_table(table: Table) -> tuple[list[ManifestRow], list[Problem]]:
                     speaker=cell["speaker"].strip(),
                 )
             )
-    problems.sort(key=lambda problem: problem.row or 0)  # table-wide problems first, then by row
     return rows, problems
 
 

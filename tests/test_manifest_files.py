@@ -169,3 +169,12 @@ def test_a_5000_character_script_is_refused_at_validate_with_row_and_length(tmp_
     assert main(["validate", str(path)]) == 1
     err = capsys.readouterr().err
     assert "row 3, script: script is 5,000 characters long, over the limit of 1,000" in err
+
+
+def test_empty_trailing_columns_are_ignored_and_a_repeated_column_is_refused(tmp_path: Path) -> None:
+    trailing = "shot_id;source;language;script;;\r\nsh1;a.mov;fr;Bonjour;;\r\n"
+    rows, problems = parse_manifest(write(tmp_path / "trailing.csv", trailing.encode()))
+    assert not problems and [r.script for r in rows] == ["Bonjour"]
+    repeated = "shot_id,source,language,script,script\r\nsh1,a.mov,fr,Bonjour,Salut\r\n"
+    _, problems = parse_manifest(write(tmp_path / "repeated.csv", repeated.encode()))
+    assert [(p.row, p.column, p.message) for p in problems] == [(None, "script", "column appears more than once")]
