@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
+from functools import lru_cache
 from fractions import Fraction
 from itertools import groupby
 
@@ -92,12 +93,12 @@ def line_length(script: str, language: str) -> LineLength | None:
     return LineLength(syllables + characters, unit)
 
 
+@lru_cache(maxsize=4096)  # a manifest's lines use few distinct characters; validate looks at each
 def _script_of(ch: str) -> str:
     if ch.isdigit():
         return "digit"
-    code = ord(ch)
     for name, ranges in _SCRIPT_RANGES:
-        if any(low <= code <= high for low, high in ranges):
+        if _in(ch, ranges):
             return name
     return "other"
 
