@@ -3,8 +3,9 @@
 The script's line is shown while the new DX stem carries speech (from the first to the last
 dialogue region `dubflow.media.audio.dialogue_regions` finds), never outside the shot. Text is
 wrapped to at most 42 characters a line and two lines a cue, in as few lines as possible and with
-lines of even length; a line that needs more than two lines is split into several consecutive cues,
-each shown for a share of the dialogue time proportional to its length.
+lines of even length (the smallest sum of squared lengths; time linear in the text's length); a
+line that needs more than two lines is split into several consecutive cues, each shown for a share
+of the dialogue time proportional to its length.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from dubflow.tasks.retries import STAGE_RETRIES
 from dubflow.tasks.stage_cache import StageCache, stage_key
 from dubflow.tasks.validate import Shot
 
-SUBTITLES_VERSION = 1  # bump when the stage's output changes for the same inputs
+SUBTITLES_VERSION = 2  # bump when the stage's output changes for the same inputs
 MAX_LINE_CHARS = 42
 MAX_LINES_PER_CUE = 2
 _TIMING = re.compile(r"(\d{2,}):(\d{2}):(\d{2})[,.](\d{3})\s+-->\s+(\d{2,}):(\d{2}):(\d{2})[,.](\d{3})")
