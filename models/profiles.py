@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from dubflow.models.kernels import Kernels
+from dubflow.models.kernels import FP8_ATTENTION, Kernels, supports_fp8
 from dubflow.models.ltx_files import LIPDUB_LORA_FILE
 
 PROFILE_NAMES = ("smoke", "ltx-2.3", "ltx-2.3-random")
@@ -63,20 +63,47 @@ def cache_dir() -> Path:
 
 
 def gpu_kernels() -> Kernels:
-    """The GPU profiles' kernels: the defaults, or $DUBFLOW_FP8_WEIGHTS, $DUBFLOW_ATTENTION, $DUBFLOW_COMPILE."""
-    defaults = Kernels()
+    """The GPU profiles' kernels: $DUBFLOW_KERNELS (``fastest`` or ``bf16``) picks the defaults, and
+    $DUBFLOW_FP8_LINEARS, $DUBFLOW_ATTENTION, $DUBFLOW_COMPILE, $DUBFLOW_FP8_WEIGHTS override each.
+
+    ``fastest`` (the default where this process sees a GPU with float8 units and the float8 libraries
+    are installed) is float8 linears, cuDNN float8 video self-attention and the compiled block: the
+    fastest measured whose drift from bf16 stays inside the bound BENCHMARKS.md states. ``bf16`` is
+    the plain bf16 model (no float8 anywhere), the switch back."""
+    choice = os.environ.get("DUBFLOW_KERNELS", "fastest" if _fp8_available() else "bf16")
+    if choice not in KERNEL_CHOICES:
+        raise ProfileError(f"DUBFLOW_KERNELS={choice!r}: use one of {', '.join(KERNEL_CHOICES)}")
+    defaults = KERNEL_CHOICES[choice]
     attention = os.environ.get("DUBFLOW_ATTENTION", defaults.attention)
     from diffusers.models.attention_dispatch import AttentionBackendName
 
-    backends = [backend.value for backend in AttentionBackendName]
+    backends = [FP8_ATTENTION] + [backend.value for backend in AttentionBackendName]
     if attention not in backends:
-        raise ProfileError(f"DUBFLOW_ATTENTION={attention!r} is not a diffusers attention backend; "
+        raise ProfileError(f"DUBFLOW_ATTENTION={attention!r} is not an attention choice; "
                            f"unset it or use one of {', '.join(backends)}")
-    return Kernels(
-        fp8_weights=_env_flag("DUBFLOW_FP8_WEIGHTS", defaults.fp8_weights),
-        attention=attention,
-        compile_blocks=_env_flag("DUBFLOW_COMPILE", defaults.compile_blocks),
-    )
+    try:
+        return Kernels(
+            fp8_weights=_env_flag("DUBFLOW_FP8_WEIGHTS", defaults.fp8_weights),
+            attention=attention,
+            compile_blocks=_env_flag("DUBFLOW_COMPILE", defaults.compile_blocks),
+            fp8_linears=_env_flag("DUBFLOW_FP8_LINEARS", defaults.fp8_linears),
+        )
+    except ValueError as error:
+        raise ProfileError(f"{error} (DUBFLOW_FP8_WEIGHTS, DUBFLOW_FP8_LINEARS)") from None
+
+
+KERNEL_CHOICES = {
+    "fastest": Kernels(fp8_linears=True, attention=FP8_ATTENTION, compile_blocks=True),
+    "bf16": Kernels(),
+}
+
+
+def _fp8_available() -> bool:
+    """A visible GPU with float8 units, and torchao and cudnn-frontend importable (the `gpu` extra)."""
+    import importlib.util
+
+    return (torch.cuda.is_available() and supports_fp8(torch.device("cuda"))
+            and all(importlib.util.find_spec(name) is not None for name in ("torchao", "cudnn")))
 
 
 def _env_flag(name: str, default: bool) -> bool:
