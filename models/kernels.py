@@ -43,9 +43,20 @@ class Kernels:
                              "stores the weights in float8 too) exclude each other: choose one")
 
 
-def supports_fp8(device: torch.device) -> bool:
-    """Whether ``device`` has float8 matrix units (NVIDIA compute capability 8.9 and up)."""
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+def check_fp8_support(device: torch.device, kernels: Kernels) -> None:
+    """Refuse float8 kernels that ``device`` or this install cannot run, saying how to switch back."""
+    if not (kernels.fp8_linears or kernels.attention == FP8_ATTENTION):
+        return
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
+        raise ValueError(f"{device} has no float8 matrix units (NVIDIA compute capability 8.9 and up): "
+                         "use DUBFLOW_KERNELS=bf16 (fp8_linears off, a bf16 attention)")
+    import importlib.util
+
+    needed = (["torchao"] if kernels.fp8_linears else []) + (["cudnn"] if kernels.attention == FP8_ATTENTION else [])
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ValueError(f"float8 kernels need {', '.join(missing)}: pip install 'dubflow[gpu]' "
+                         "(torchao, nvidia-cudnn-frontend), or use DUBFLOW_KERNELS=bf16")
 
 
 def use_fp8_linears(blocks: torch.nn.Module) -> None:

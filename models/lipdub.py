@@ -48,7 +48,13 @@ from dubflow.models.lipdub_pipeline import (
     ShotReferences,
 )
 from dubflow.models.ltx2_architectures import SMOKE, LTX2Architecture, build_components
-from dubflow.models.kernels import FP8_ATTENTION, Kernels, supports_fp8, use_fp8_attention, use_fp8_linears
+from dubflow.models.kernels import (
+    FP8_ATTENTION,
+    Kernels,
+    check_fp8_support,
+    use_fp8_attention,
+    use_fp8_linears,
+)
 from dubflow.models.ltx_files import LIPDUB_LORA_FILE
 from dubflow.models.residency import resident
 from dubflow.media.files import sha256_file
@@ -480,9 +486,7 @@ def _use_kernels(pipe: LTX2LipDubPipeline, kernels: Kernels) -> None:
     if transformer.device.type != "cuda":
         return
     pipe.vae.enable_tiling()
-    if (kernels.fp8_linears or kernels.attention == FP8_ATTENTION) and not supports_fp8(transformer.device):
-        raise ValueError(f"{transformer.device} ({torch.cuda.get_device_name(transformer.device)}) has no float8 "
-                         "matrix units: use fp8_linears=False and a bf16 attention (DUBFLOW_KERNELS=bf16)")
+    check_fp8_support(transformer.device, kernels)
     if kernels.fp8_linears:
         use_fp8_linears(transformer.transformer_blocks)
     if kernels.attention == FP8_ATTENTION:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from dubflow.models.kernels import E4M3_MAX, FP8_ATTENTION, Kernels, _quantize, use_fp8_attention
+from dubflow.models.kernels import E4M3_MAX, FP8_ATTENTION, Kernels, _quantize, check_fp8_support, use_fp8_attention
 from dubflow.models.lipdub import SourceShot, build_prompt, build_smoke_weights, get_resident_model
 from dubflow.models.ltx_files import LIPDUB_LORA_FILE
 
@@ -61,3 +61,11 @@ def test_only_the_routed_attention_changes_path(tmp_path_factory: pytest.TempPat
             model.generate(shot, PROMPT, seed=4)
     finally:
         routed._attention_backend = None
+
+
+def test_float8_kernels_are_refused_where_there_are_no_float8_units() -> None:
+    check_fp8_support(torch.device("cpu"), Kernels())  # bf16 asks nothing
+    with pytest.raises(ValueError, match="no float8 matrix units.*DUBFLOW_KERNELS=bf16"):
+        check_fp8_support(torch.device("cpu"), Kernels(fp8_linears=True))
+    with pytest.raises(ValueError, match="no float8 matrix units"):
+        check_fp8_support(torch.device("cpu"), Kernels(attention=FP8_ATTENTION))

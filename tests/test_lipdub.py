@@ -588,7 +588,7 @@ def test_gpu_kernels_come_from_the_environment_and_bad_values_are_named(monkeypa
     for name in ("DUBFLOW_KERNELS", "DUBFLOW_FP8_WEIGHTS", "DUBFLOW_FP8_LINEARS", "DUBFLOW_ATTENTION", "DUBFLOW_COMPILE"):
         monkeypatch.delenv(name, raising=False)
     assert gpu_kernels() == Kernels()  # no GPU with float8 units here: plain bf16
-    monkeypatch.setenv("DUBFLOW_KERNELS", "fastest")
+    monkeypatch.setenv("DUBFLOW_KERNELS", "fp8")
     assert gpu_kernels() == Kernels(fp8_linears=True, attention=FP8_ATTENTION, compile_blocks=True)
     monkeypatch.setenv("DUBFLOW_ATTENTION", "native")
     monkeypatch.setenv("DUBFLOW_FP8_LINEARS", "0")
@@ -611,5 +611,5 @@ def test_gpu_kernels_come_from_the_environment_and_bad_values_are_named(monkeypa
     with pytest.raises(ProfileError, match="DUBFLOW_COMPILE='yes': use 1"):
         gpu_kernels()
     monkeypatch.setenv("DUBFLOW_KERNELS", "fp4")
-    with pytest.raises(ProfileError, match="DUBFLOW_KERNELS='fp4': use one of fastest, bf16"):
+    with pytest.raises(ProfileError, match="DUBFLOW_KERNELS='fp4': use one of fp8, bf16"):
         gpu_kernels()
