@@ -149,6 +149,7 @@ class _CudnnFp8Plan:
             return cls._plans[key]
 
     def __init__(self, q_shape: tuple[int, ...], kv_shape: tuple[int, ...], device: torch.device) -> None:
+        torch.backends.cudnn.version()  # loads PyTorch's libcudnn first: the frontend binds to the loaded one
         import cudnn
 
         batch, q_tokens, heads, dim = q_shape
