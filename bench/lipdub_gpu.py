@@ -35,10 +35,11 @@ import numpy as np
 import torch
 
 from dubflow.models.lipdub import SourceShot, build_prompt, build_random_model
-from dubflow.models.ltx2_architectures import LTX_2_3
+from dubflow.models.ltx2_architectures import LTX_2_3, SMOKE
 from dubflow.models.kernels import FP8_ATTENTION, Kernels
 from dubflow.models.profiles import RANDOM_WEIGHTS_SEED
 
+ARCHITECTURES = {"ltx-2.3": LTX_2_3, "smoke": SMOKE}
 STAGES = ("text_encode", "reference_encode", "stage_1", "upsample", "stage_2", "decode")
 
 
@@ -54,21 +55,24 @@ def synthetic_shot(frames: int, width: int, height: int, fps: Fraction, seed: in
 
 def run_clip(model, shot: SourceShot, prompt: str) -> tuple[dict[str, float], object]:
     timings: dict[str, float] = {}
+    cuda = model.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     model._prompts.clear()  # measure the text encoder every time
-    torch.cuda.reset_peak_memory_stats()
-    torch.cuda.synchronize()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    sync()
     start = time.perf_counter()
     model.embed_prompts([prompt])
-    torch.cuda.synchronize()
+    sync()
     timings["text_encode"] = time.perf_counter() - start
     mark = time.perf_counter()
     prepared = model.prepare_shot(shot)  # no key: encoded every time
-    torch.cuda.synchronize()
+    sync()
     timings["reference_encode"] = time.perf_counter() - mark
     output = model.dub(prepared, prompt, seed=1, timings=timings)
-    torch.cuda.synchronize()
+    sync()
     timings["clip"] = time.perf_counter() - start
-    timings["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    timings["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
     assert output.frames.shape == shot.frames.shape, (output.frames.shape, shot.frames.shape)
     assert np.isfinite(output.audio).all()
     return timings, output
@@ -152,14 +156,17 @@ def dynamo_counters() -> dict[str, dict[str, int]]:
 
 def run_variant(name: str, sizes: list[str], args: argparse.Namespace, prompt: str, takes: dict) -> dict:
     kernels = parse_variant(name)
+    cuda = torch.cuda.is_available()
     torch._dynamo.reset()
-    torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    model = build_random_model(LTX_2_3, "cuda", torch.bfloat16, RANDOM_WEIGHTS_SEED, kernels)
-    torch.cuda.synchronize()
+    device = "cuda" if cuda else "cpu"
+    model = build_random_model(ARCHITECTURES[args.architecture], device,
+                               torch.bfloat16 if cuda else torch.float32, RANDOM_WEIGHTS_SEED, kernels)
+    if cuda:
+        torch.cuda.synchronize()
     variant = {"kernels": asdict(kernels), "build_s": time.perf_counter() - start,
-               "weights_gib": torch.cuda.memory_allocated() / 2**30, "sizes": {}}
-    print(f"[{name}] model built on the GPU (random weights, IC-LoRA fused): {variant['build_s']:.1f} s, "
+               "weights_gib": torch.cuda.memory_allocated() / 2**30 if cuda else float("nan"), "sizes": {}}
+    print(f"[{name}] model built on {device} (random weights, IC-LoRA fused): {variant['build_s']:.1f} s, "
           f"{variant['weights_gib']:.1f} GiB resident", flush=True)
     stages = StageOutputs(model.pipe.transformer)
     try:
@@ -183,12 +190,15 @@ def run_variant(name: str, sizes: list[str], args: argparse.Namespace, prompt: s
         variant["dynamo"] = dynamo_counters()
         del model
         gc.collect()
-        torch.cuda.empty_cache()
+        if cuda:
+            torch.cuda.empty_cache()
     return variant
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--architecture", choices=sorted(ARCHITECTURES), default="ltx-2.3",
+                        help="smoke: the tiny architecture, which also runs on a CPU (float32), to check this script")
     parser.add_argument("--sizes", default="1280x720,1920x1080")
     parser.add_argument("--frames", type=int, default=121)
     parser.add_argument("--fps", default="24")
@@ -201,10 +211,10 @@ def main() -> None:
     args = parser.parse_args()
     variants = args.variants.split(",") if args.variants else [kernel_variant_name(kernels_from_args(args))]
 
-    device = torch.cuda.get_device_name()
-    print(f"GPU {device}; torch {torch.__version__}", flush=True)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    print(f"{args.architecture} on {device}; torch {torch.__version__}", flush=True)
     prompt = build_prompt("A man in a grey coat", "French", "Bonjour, je suis très heureux de vous revoir ici.")
-    results = {"gpu": device, "torch": torch.__version__, "frames": args.frames, "fps": args.fps,
+    results = {"gpu": device, "architecture": args.architecture, "torch": torch.__version__, "frames": args.frames, "fps": args.fps,
                "reference": variants[0], "variants": {}, "drift": {}}
     takes: dict[str, dict[str, dict]] = {}
     for name in variants:

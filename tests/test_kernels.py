@@ -4,7 +4,6 @@ quantisation against e4m3's own rounding bound, and the attention routing on the
 from __future__ import annotations
 
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import pytest
