@@ -59,7 +59,7 @@ def test_only_the_routed_attention_changes_path(tmp_path_factory: pytest.TempPat
         with pytest.raises(ValueError, match="cudnn_fp8 attention runs on CUDA"):
             model.generate(shot, PROMPT, seed=4)
     finally:
-        routed._attention_backend = None
+        vars(routed).pop("_attention_backend", None)  # back to the class default
 
 
 def test_float8_kernels_are_refused_where_there_are_no_float8_units() -> None:
