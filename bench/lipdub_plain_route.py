@@ -116,12 +116,10 @@ from diffusers.pipelines.ltx2.utils import DISTILLED_SIGMA_VALUES, STAGE_2_DISTI
 
 from dubflow.models.lipdub import LipDubModel, PreparedShot, SourceShot, build_prompt, build_random_model
 from dubflow.models.lipdub_pipeline import STAGE_1_SIGMAS, STAGE_2_SIGMAS, LTX2LipDubPipeline, Tokens
-from dubflow.models.ltx2_architectures import LTX_2_3, SMOKE
 from dubflow.models.kernels import Kernels
 from dubflow.models.profiles import RANDOM_WEIGHTS_SEED
-from lipdub_gpu import add_kernel_arguments, kernels_from_args, relative_error, synthetic_shot  # bench/lipdub_gpu.py: scripts here run with bench/ on sys.path
+from lipdub_gpu import ARCHITECTURES, add_kernel_arguments, kernels_from_args, relative_error, synthetic_shot  # bench/lipdub_gpu.py: scripts here run with bench/ on sys.path
 
-ARCHITECTURES = {"ltx-2.3": LTX_2_3, "smoke": SMOKE}
 FPS = Fraction(24)
 SEED = 1
 PROMPT = build_prompt("A man in a grey coat", "French", "Bonjour, je suis très heureux de vous revoir ici.")

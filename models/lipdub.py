@@ -48,7 +48,13 @@ from dubflow.models.lipdub_pipeline import (
     ShotReferences,
 )
 from dubflow.models.ltx2_architectures import SMOKE, LTX2Architecture, build_components
-from dubflow.models.kernels import Kernels
+from dubflow.models.kernels import (
+    FP8_ATTENTION,
+    Kernels,
+    check_fp8_support,
+    use_fp8_attention,
+    use_fp8_linears,
+)
 from dubflow.models.ltx_files import LIPDUB_LORA_FILE
 from dubflow.models.residency import resident
 from dubflow.media.files import sha256_file
@@ -470,21 +476,34 @@ def _use_kernels(pipe: LTX2LipDubPipeline, kernels: Kernels) -> None:
     ``fp8_weights`` stores the transformer's weights in float8 (e4m3) and casts each layer to the
     compute dtype as it runs: half the transformer's memory (about 19 GB of 38 for LTX-2.3). On a GPU,
     video is encoded and decoded in tiles (a 1080p clip's VAE activations would not fit whole), and
-    the attention backend and compiled block apply: they change only which kernels compute the same
-    arithmetic. Time and output change of each: BENCHMARKS.md.
+    the float8 compute (linears, attention: models/kernels.py), the attention backend and the compiled
+    block apply: they change only which kernels compute the same arithmetic. Time and output change
+    of each: BENCHMARKS.md.
     """
+    transformer = pipe.transformer
     if kernels.fp8_weights:
-        pipe.transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=pipe.transformer.dtype)
-    if pipe.transformer.device.type != "cuda":
+        transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=transformer.dtype)
+    if transformer.device.type != "cuda":
         return
     pipe.vae.enable_tiling()
-    if kernels.attention != "native":
-        pipe.transformer.set_attention_backend(kernels.attention)
+    check_fp8_support(transformer.device, kernels)
+    if kernels.fp8_linears:
+        use_fp8_linears(transformer.transformer_blocks)
+    if kernels.attention == FP8_ATTENTION:
+        use_fp8_attention([block.attn1 for block in transformer.transformer_blocks])
+    elif kernels.attention != "native":
+        transformer.set_attention_backend(kernels.attention)
     if kernels.compile_blocks:
         # Regional compilation: the 48 blocks share one compiled graph. Stage 2's token count differs
         # from stage 1's, so dynamo recompiles once with the changing sizes symbolic (about a minute
         # of compiling a process in all, measured in BENCHMARKS.md), then reuses it for every shot.
-        pipe.transformer.compile_repeated_blocks()
+        # fp8 storage's cast hook is one function called with every layer's weight shape, each a
+        # recompile of it: the limit is raised to hold them all rather than fall back to eager.
+        if kernels.fp8_weights:
+            shapes = {tuple(m.weight.shape) for m in transformer.transformer_blocks[0].modules()
+                      if isinstance(m, torch.nn.Linear)}
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(shapes) + 8)
+        transformer.compile_repeated_blocks()
 
 
 def _check_window(window_frames: int, window_overlap: int, frame_multiple: int) -> None:

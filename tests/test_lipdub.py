@@ -582,19 +582,34 @@ def test_an_out_of_memory_without_the_text_encoder_on_the_gpu_is_not_retried(
 
 
 def test_gpu_kernels_come_from_the_environment_and_bad_values_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dubflow.models.kernels import FP8_ATTENTION
     from dubflow.models.profiles import ProfileError, gpu_kernels
 
-    for name in ("DUBFLOW_FP8_WEIGHTS", "DUBFLOW_ATTENTION", "DUBFLOW_COMPILE"):
+    for name in ("DUBFLOW_KERNELS", "DUBFLOW_FP8_WEIGHTS", "DUBFLOW_FP8_LINEARS", "DUBFLOW_ATTENTION", "DUBFLOW_COMPILE"):
         monkeypatch.delenv(name, raising=False)
-    assert gpu_kernels() == Kernels()
+    assert gpu_kernels() == Kernels()  # no GPU with float8 units here: plain bf16
+    monkeypatch.setenv("DUBFLOW_KERNELS", "fp8")
+    assert gpu_kernels() == Kernels(fp8_linears=True, attention=FP8_ATTENTION, compile_blocks=True)
+    monkeypatch.setenv("DUBFLOW_ATTENTION", "native")
+    monkeypatch.setenv("DUBFLOW_FP8_LINEARS", "0")
+    assert gpu_kernels() == Kernels(compile_blocks=True)
+    monkeypatch.setenv("DUBFLOW_KERNELS", "bf16")
+    monkeypatch.delenv("DUBFLOW_FP8_LINEARS")
     monkeypatch.setenv("DUBFLOW_FP8_WEIGHTS", "1")
     monkeypatch.setenv("DUBFLOW_ATTENTION", "_native_cudnn")
     monkeypatch.setenv("DUBFLOW_COMPILE", "1")
     assert gpu_kernels() == Kernels(fp8_weights=True, attention="_native_cudnn", compile_blocks=True)
+    monkeypatch.setenv("DUBFLOW_FP8_LINEARS", "1")
+    with pytest.raises(ProfileError, match="exclude each other"):
+        gpu_kernels()
+    monkeypatch.delenv("DUBFLOW_FP8_LINEARS")
     monkeypatch.setenv("DUBFLOW_ATTENTION", "fastest")
-    with pytest.raises(ProfileError, match="DUBFLOW_ATTENTION='fastest' is not a diffusers attention backend"):
+    with pytest.raises(ProfileError, match="DUBFLOW_ATTENTION='fastest' is not an attention choice"):
         gpu_kernels()
     monkeypatch.setenv("DUBFLOW_ATTENTION", "native")
     monkeypatch.setenv("DUBFLOW_COMPILE", "yes")
     with pytest.raises(ProfileError, match="DUBFLOW_COMPILE='yes': use 1"):
+        gpu_kernels()
+    monkeypatch.setenv("DUBFLOW_KERNELS", "fp4")
+    with pytest.raises(ProfileError, match="DUBFLOW_KERNELS='fp4': use one of fp8, bf16"):
         gpu_kernels()
