@@ -160,7 +160,9 @@ def _check_checkpoint(checkpoint: Path, transformer: torch.nn.Module, report: We
     if not checkpoint.is_file():
         report.problems.append(f"single-file checkpoint {checkpoint} not found")
         return
-    found = {key: shape for key, shape in _header_shapes([checkpoint]).items()
+    from dubflow.models.lipdub import rename_checkpoint_key
+
+    found = {rename_checkpoint_key(key): shape for key, shape in _header_shapes([checkpoint]).items()
              if key.startswith("model.diffusion_model.")}
     if not found:
         report.problems.append(f"{checkpoint.name}: no model.diffusion_model.* tensors: not an LTX-2 checkpoint")
