@@ -12,9 +12,9 @@ rate reaches the model as the exact float of the source's ``Fraction``. A shot l
 generation window is cut into overlapping windows (all 8k+1 frames, the last aligned to the shot's
 end) whose pictures and sounds are cross-faded linearly over each overlap.
 
-Reuse: :meth:`LipDubModel.prepare_shot` encodes a shot's references (picture at both stage sizes,
-audio) once per window and caches them by the caller's content key, so every language of the shot
-reuses them; :meth:`LipDubModel.embed_prompts` encodes all of a shot's prompts in one batch and
+Reuse: :meth:`LipDubModel.prepare_shot` encodes a shot's references (the picture at both stage sizes
+per window, the whole shot's audio once) and caches them by the caller's content key, so every
+language of the shot reuses them; :meth:`LipDubModel.embed_prompts` encodes all of a shot's prompts in one batch and
 caches them by text.
 
 The ``smoke`` profile builds tiny random LTX-2 components (:func:`build_smoke_weights`) with the same
