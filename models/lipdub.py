@@ -12,9 +12,9 @@ rate reaches the model as the exact float of the source's ``Fraction``. A shot l
 generation window is cut into overlapping windows (all 8k+1 frames, the last aligned to the shot's
 end) whose pictures and sounds are cross-faded linearly over each overlap.
 
-Reuse: :meth:`LipDubModel.prepare_shot` encodes a shot's references (picture at both stage sizes,
-audio) once per window and caches them by the caller's content key, so every language of the shot
-reuses them; :meth:`LipDubModel.embed_prompts` encodes all of a shot's prompts in one batch and
+Reuse: :meth:`LipDubModel.prepare_shot` encodes a shot's references (the picture at both stage sizes
+per window, the whole shot's audio once) and caches them by the caller's content key, so every
+language of the shot reuses them; :meth:`LipDubModel.embed_prompts` encodes all of a shot's prompts in one batch and
 caches them by text.
 
 The ``smoke`` profile builds tiny random LTX-2 components (:func:`build_smoke_weights`) with the same
@@ -73,8 +73,10 @@ __all__ = [
     "fuse_lora",
     "get_resident_model",
     "get_resident_random_model",
+    "load_checkpoint_transformer",
     "random_ic_lora",
     "read_reference_downscale_factor",
+    "rename_checkpoint_key",
 ]
 
 logger = logging.getLogger(__name__)
@@ -176,6 +178,42 @@ def read_reference_downscale_factor(lora_path: Path) -> int:
     return factor
 
 
+# Official (ltx-core) transformer key -> diffusers key, for the names diffusers 0.42.1's single-file
+# conversion (`convert_ltx2_transformer_to_diffusers`) does not rename: LTX-2.3's prompt AdaLN
+# (`prompt_adaln_single`, `audio_prompt_adaln_single`; diffusers: `prompt_adaln`, `audio_prompt_adaln`).
+# Without them the weights are reported unused and loading fails with "Cannot copy out of meta tensor".
+# The fix in diffusers: add `"prompt_adaln_single": "prompt_adaln"` to LTX_2_0_TRANSFORMER_KEYS_RENAME_DICT
+# and skip `prompt_adaln_single` keys in its `adaln_single` special-key handler.
+_CHECKPOINT_PREFIX = "model.diffusion_model."
+_CHECKPOINT_RENAMES = (("prompt_adaln_single.", "prompt_adaln."),)  # also turns audio_prompt_adaln_single.
+
+
+def rename_checkpoint_key(key: str) -> str:
+    """An official transformer key with the renames diffusers' single-file conversion lacks applied."""
+    for official, diffusers_name in _CHECKPOINT_RENAMES:
+        key = key.replace(official, diffusers_name)
+    return key
+
+
+def load_checkpoint_transformer(checkpoint: Path, config_dir: Path, dtype: torch.dtype) -> torch.nn.Module:
+    """The transformer of an official single-file LTX-2 checkpoint, configured by ``config_dir/transformer``.
+
+    Only the ``model.diffusion_model.*`` tensors are read (the file also bundles the VAEs and the
+    vocoder), renamed where diffusers' conversion lacks a rename, then converted by diffusers.
+    """
+    from diffusers import LTX2VideoTransformer3DModel
+    from safetensors import safe_open
+
+    with safe_open(str(checkpoint), framework="pt") as handle:
+        state = {rename_checkpoint_key(key): handle.get_tensor(key)
+                 for key in handle.keys() if key.startswith(_CHECKPOINT_PREFIX)}
+    if not state:
+        raise LipDubLoadError(f"{checkpoint}: no {_CHECKPOINT_PREFIX}* tensors: not an LTX-2 single-file checkpoint")
+    return LTX2VideoTransformer3DModel.from_single_file(
+        state, config=str(config_dir), subfolder="transformer", torch_dtype=dtype
+    )
+
+
 class LipDubModel:
     """A loaded LipDub pipeline (LTX-2 base + fused IC-LoRA) on one device. Thread-safe: calls serialize."""
 
@@ -192,6 +230,10 @@ class LipDubModel:
         window_overlap: int = DEFAULT_WINDOW_OVERLAP,
     ) -> None:
         _check_window(window_frames, window_overlap, pipe.frame_multiple)
+        # The vocoder runs in float32 whatever the model's dtype, as upstream does (its notes measure
+        # bf16 degrading the vocoder's spectral metrics 40-90 %); it is 0.13B parameters.
+        if pipe.vocoder.dtype != torch.float32:
+            pipe.vocoder.to(torch.float32)
         self.pipe = pipe
         # Read once: diffusers' `ModelMixin.device` walks every submodule (about 4,000 in LTX-2.3's
         # transformer, ~9 ms a call), and moving the text encoder asks it for each of 1,071 tensors.
@@ -224,8 +266,8 @@ class LipDubModel:
 
         ``checkpoint``, an official single-file LTX-2.3 checkpoint (e.g. the distilled
         ``ltx-2.3-22b-distilled-1.1.safetensors``), replaces the directory's transformer: it is read
-        through diffusers' own key conversion with the directory's transformer config. Its bundled
-        VAEs are the same as the directory's, which are used.
+        through diffusers' own key conversion (plus the renames it lacks, :func:`load_checkpoint_transformer`)
+        with the directory's transformer config. Its bundled VAEs are the same as the directory's, which are used.
         """
         weights_dir, lora_path = Path(weights_dir), Path(lora_path)
         if not (weights_dir / "model_index.json").is_file():
@@ -248,11 +290,7 @@ class LipDubModel:
             )
         }
         if checkpoint is not None:
-            from diffusers import LTX2VideoTransformer3DModel
-
-            overrides["transformer"] = LTX2VideoTransformer3DModel.from_single_file(
-                str(checkpoint), config=str(weights_dir), subfolder="transformer", torch_dtype=dtype
-            )
+            overrides["transformer"] = load_checkpoint_transformer(Path(checkpoint), weights_dir, dtype)
         pipe = LTX2LipDubPipeline.from_pretrained(weights_dir, dtype=dtype, **overrides)
         pipe.set_progress_bar_config(disable=True)
         pipe.to(device)
@@ -302,6 +340,8 @@ class LipDubModel:
             multiple = self.spatial_multiple()
             pad_h, pad_w = _round_up(gen_h, multiple), _round_up(gen_w, multiple)
             top, left = (pad_h - gen_h) // 2, (pad_w - gen_w) // 2
+            # The whole shot's sound is every window's voice reference, as upstream takes the file's.
+            voice = self.pipe.encode_voice(torch.from_numpy(np.ascontiguousarray(shot.audio, np.float32)), shot.sample_rate)
             windows = []
             for start, length in self.plan_windows(num_frames, window_frames):
                 picture = _to_float(frames[start : start + length], (gen_h, gen_w), self.device)  # (L, 3, gen_h, gen_w)
@@ -309,9 +349,8 @@ class LipDubModel:
                 padded = _round_up(length - 1, self.frame_multiple) + 1
                 if padded > length:
                     picture = torch.cat([picture, picture[-1:].expand(padded - length, -1, -1, -1)])
-                sound = _audio_span(shot.audio, shot.sample_rate, shot.fps, start, padded)
                 references = self.pipe.encode_references(
-                    picture, torch.from_numpy(sound), shot.sample_rate, float(shot.fps), self.reference_downscale_factor
+                    picture, voice, float(shot.fps), self.reference_downscale_factor
                 )
                 windows.append(_Window(start, length, references))
             prepared = PreparedShot(num_frames, height, width, Fraction(shot.fps), (gen_h, gen_w), (top, left),
@@ -530,16 +569,6 @@ def _check_shot(shot: SourceShot) -> np.ndarray:
     if audio.shape[0] not in (1, 2):
         raise ValueError(f"voice reference must be mono or stereo, got {audio.shape[0]} channels (downmix first)")
     return frames
-
-
-def _audio_span(audio: np.ndarray, sample_rate: int, fps: Fraction, start: int, frames: int) -> np.ndarray:
-    """The source sound under frames [start, start + frames), silence-padded past the end of the shot."""
-    first = round(Fraction(start) / Fraction(fps) * sample_rate)
-    count = round(Fraction(frames) / Fraction(fps) * sample_rate)
-    span = np.zeros((audio.shape[0], count), np.float32)
-    piece = audio[:, first : first + count]
-    span[:, : piece.shape[1]] = piece
-    return span
 
 
 def _crossfade(outgoing: torch.Tensor, incoming: torch.Tensor) -> torch.Tensor:

@@ -7,13 +7,14 @@ components, loading (``from_pretrained``, ``load_lora_weights``) and the packing
 in-context pipeline and writes its own sampling, which reads top to bottom as the algorithm:
 
 1. ``encode_prompts``: Gemma 3 + text connectors, one batch for all of a shot's languages.
-2. ``encode_references``: once per shot, reused for every language —
-   the source frames VAE-encoded at the stage-1 and stage-2 sizes (divided by the LoRA's
-   ``reference_downscale_factor``; their spatial coordinates multiplied by it), and the source audio
-   (log-mel -> audio VAE) at *negative* time positions that end 0.04 s before t = 0.
+2. ``encode_voice`` and ``encode_references``: once per shot, reused for every language —
+   the shot's whole audio (log-mel -> audio VAE) at *negative* time positions that end 0.04 s before
+   t = 0, and the source frames VAE-encoded at the stage-1 and stage-2 sizes (divided by the LoRA's
+   ``reference_downscale_factor``; their spatial coordinates multiplied by it).
 3. ``__call__``: stage 1 at half width and height (8 Euler steps, video + audio references), the
    spatial latent upsampler (x2), stage 2 at full size (3 steps from sigma 0.909375, video reference
-   at full size, the audio latent frozen at its stage-1 value), then decode: video from stage 2,
+   at full size, the audio latent frozen at its stage-1 value and also passed as the voice
+   reference), then decode: video from stage 2,
    audio from stage 1 (audio VAE -> mel -> vocoder with bandwidth extension).
 
 Distilled sampling: one transformer forward per step, no guidance of any kind. Reference tokens are
@@ -26,9 +27,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-import julius
 import torch
 from diffusers import (
     AutoencoderKLLTX2Audio,
@@ -47,6 +49,9 @@ AUDIO_REFERENCE_GAP_SECONDS = 0.04
 # LTX-2's audio VAE front end (ltx-core AudioProcessor): 1024-point STFT, magnitude, Slaney mel, log.
 MEL_FFT_SIZE = 1024
 MEL_LOG_FLOOR = 1e-5
+# Its resampler to the audio VAE's rate: torchaudio.functional.resample's defaults (Hann-windowed sinc).
+RESAMPLE_ZERO_CROSSINGS = 6
+RESAMPLE_ROLLOFF = 0.99
 TIMESTEP_SCALE = 1000.0  # the transformer takes sigma * 1000, as diffusers' flow-matching scheduler feeds it
 
 
@@ -162,12 +167,11 @@ class LTX2LipDubPipeline(LTX2InContextPipeline):
     def encode_references(
         self,
         frames: torch.Tensor,
-        audio: torch.Tensor,
-        sample_rate: int,
+        voice: Tokens,
         frame_rate: float,
         reference_downscale_factor: int = 1,
     ) -> ShotReferences:
-        """Encode a shot's picture ``(F, 3, H, W)`` in [0, 1] and sound ``(channels, samples)`` once.
+        """Encode a window's picture ``(F, 3, H, W)`` in [0, 1] once; ``voice`` from :meth:`encode_voice`.
 
         ``F`` must be 8k+1 and ``H``, ``W`` multiples of :meth:`spatial_multiple`.
         """
@@ -181,7 +185,7 @@ class LTX2LipDubPipeline(LTX2InContextPipeline):
         return ShotReferences(
             video_stage_1=self._encode_video_reference(frames, height // 2 // factor, width // 2 // factor, frame_rate, factor),
             video_stage_2=self._encode_video_reference(frames, height // factor, width // factor, frame_rate, factor),
-            audio=self._encode_audio_reference(audio, sample_rate),
+            audio=voice,
             num_frames=num_frames, height=height, width=width, frame_rate=frame_rate,
         )
 
@@ -189,49 +193,46 @@ class LTX2LipDubPipeline(LTX2InContextPipeline):
         device = self._execution_device
         pixels = frames.to(device=device, dtype=torch.float32)
         if pixels.shape[-2:] != (height, width):
-            pixels = torch.nn.functional.interpolate(pixels, size=(height, width), mode="bilinear", antialias=True)
+            # As upstream (ltx_pipelines media_io.resize): bilinear, no antialiasing.
+            pixels = torch.nn.functional.interpolate(pixels, size=(height, width), mode="bilinear", antialias=False)
         pixels = (pixels * 2.0 - 1.0).clamp(-1.0, 1.0).permute(1, 0, 2, 3).unsqueeze(0).to(self.vae.dtype)
         latent = self.vae.encode(pixels).latent_dist.mode()
         latent = self._normalize_latents(latent, self.vae.latents_mean, self.vae.latents_std)
+        return self.video_reference_tokens(latent.float(), frame_rate, factor)
+
+    def video_reference_tokens(self, latent: torch.Tensor, frame_rate: float, factor: int) -> Tokens:
+        """A normalised video latent ``(1, C, F, H, W)`` as reference tokens, co-located with the target:
+        at downscale factor f its grid is f times coarser, so its spatial coordinates are scaled by f."""
         _, _, latent_frames, latent_height, latent_width = latent.shape
         coords = self.transformer.rope.prepare_video_coords(
-            1, latent_frames, latent_height, latent_width, device, fps=frame_rate
+            1, latent_frames, latent_height, latent_width, latent.device, fps=frame_rate
         )
-        # The reference is co-located with the target: at factor f its grid is f times coarser.
         coords[:, 1:3] = coords[:, 1:3] * factor
         packed = self._pack_latents(latent, self.transformer_spatial_patch_size, self.transformer_temporal_patch_size)
-        return Tokens(packed.float(), coords)
+        return Tokens(packed, coords)
 
-    def _encode_audio_reference(self, audio: torch.Tensor, sample_rate: int) -> Tokens:
+    @torch.inference_mode()
+    def encode_voice(self, audio: torch.Tensor, sample_rate: int) -> Tokens:
+        """The voice reference: a shot's whole sound ``(channels, samples)`` (upstream DubIt encodes the
+        reference file's entire audio track) through log-mel and the audio VAE, as clean tokens."""
         device = self._execution_device
         mel = self.log_mel(audio.to(device=device, dtype=torch.float32), sample_rate)
         latent = self.audio_vae.encode(mel.to(self.audio_vae.dtype)).latent_dist.mode()
         packed = self._normalize_audio_latents(
             self._pack_audio_latents(latent), self.audio_vae.latents_mean, self.audio_vae.latents_std
         )
-        coords = self.transformer.audio_rope.prepare_audio_coords(1, packed.shape[1], device)
-        # Context, not output: the whole reference sits before t = 0, ending AUDIO_REFERENCE_GAP_SECONDS early.
+        return self.audio_reference_tokens(packed.float())
+
+    def audio_reference_tokens(self, latents: torch.Tensor) -> Tokens:
+        """Packed audio latents ``(1, N, C)`` as voice-reference tokens: context, not output, so the whole
+        reference sits before t = 0, ending AUDIO_REFERENCE_GAP_SECONDS early."""
+        coords = self.transformer.audio_rope.prepare_audio_coords(1, latents.shape[1], latents.device)
         coords = coords - coords[..., 1].max() - AUDIO_REFERENCE_GAP_SECONDS
-        return Tokens(packed.float(), coords)
+        return Tokens(latents, coords)
 
     def log_mel(self, audio: torch.Tensor, sample_rate: int) -> torch.Tensor:
         """``(channels, samples)`` at any rate -> ``(1, 2, mel_frames, mel_bins)``, the audio VAE's input."""
-        if audio.ndim != 2 or audio.shape[0] not in (1, 2):
-            raise ValueError(f"reference audio must be (1 or 2 channels, samples), got {tuple(audio.shape)}")
-        if audio.shape[0] == 1:
-            audio = audio.expand(2, -1)
-        if sample_rate != self.audio_sampling_rate:
-            audio = julius.resample_frac(audio, sample_rate, self.audio_sampling_rate)
-        window = torch.hann_window(MEL_FFT_SIZE, device=audio.device)
-        spectrum = torch.stft(
-            audio, MEL_FFT_SIZE, hop_length=self.audio_hop_length, win_length=MEL_FFT_SIZE, window=window,
-            center=True, pad_mode="reflect", return_complex=True,
-        ).abs()  # (2, freqs, frames)
-        filters = slaney_mel_filterbank(
-            MEL_FFT_SIZE // 2 + 1, self.audio_mel_bins, self.audio_sampling_rate, device=audio.device
-        )
-        mel = torch.einsum("fm,cft->ctm", filters, spectrum)
-        return torch.log(mel.clamp(min=MEL_LOG_FLOOR)).unsqueeze(0)
+        return log_mel(audio, sample_rate, self.audio_sampling_rate, self.audio_hop_length, self.audio_mel_bins)
 
     # --- 3. sampling ----------------------------------------------------------------------------
 
@@ -252,39 +253,65 @@ class LTX2LipDubPipeline(LTX2InContextPipeline):
         # Read once a take: diffusers finds it by walking every component's modules (tens of ms a time).
         device = self._execution_device
         clock = _StageClock(device, timings)
-        cell = self.vae_spatial_compression_ratio
-        latent_frames = (references.num_frames - 1) // self.vae_temporal_compression_ratio + 1
-        half_h, half_w = references.height // 2 // cell, references.width // 2 // cell
-        audio_frames = round(references.num_frames / references.frame_rate * self.audio_latents_per_second)
-        audio_channels = self.audio_latent_channels * (self.audio_mel_bins // self.audio_vae_mel_compression_ratio)
-
-        # Stage 1: half size, pure noise, video and voice references.
-        video = self._noise((1, latent_frames * half_h * half_w, self.transformer.config.in_channels), generator, device)
-        audio = self._noise((1, audio_frames, audio_channels), generator, device)
-        video, audio = self._denoise(
-            video, (latent_frames, half_h, half_w), references.video_stage_1,
-            audio, references.audio, prompt, stage_1_sigmas, references.frame_rate, device, freeze_audio=False,
-        )
+        video, audio = self.sample_stage_1(references, prompt, generator, stage_1_sigmas, device)
         clock.lap("stage_1")
-
+        grid = self._latent_grid(references, 1)
         # Upsample x2 in the VAE's latent space (de-normalised), then back to the transformer's scale.
-        video = self._upsample(video, (latent_frames, half_h, half_w))
+        video = self._upsample(video, grid)
         clock.lap("upsample")
-
-        # Stage 2: full size from sigma 0.909375; the audio is frozen and no voice reference is needed.
-        sigma = stage_2_sigmas[0]
-        video = sigma * self._noise(tuple(video.shape), generator, device) + (1.0 - sigma) * video
-        full = (latent_frames, 2 * half_h, 2 * half_w)
-        video, _ = self._denoise(
-            video, full, references.video_stage_2, audio, None, prompt, stage_2_sigmas, references.frame_rate,
-            device, freeze_audio=True,
-        )
+        video = self.sample_stage_2(video, audio, references, prompt, generator, stage_2_sigmas, device)
         clock.lap("stage_2")
-
-        frames = self._decode_video(video, full)
-        waveform = self._decode_audio(audio, audio_frames)
+        frames = self._decode_video(video, self._latent_grid(references, 2))
+        waveform = self._decode_audio(audio, audio.shape[1])
         clock.lap("decode")
         return LipDubResult(frames, waveform, self.output_sample_rate)
+
+    def sample_stage_1(
+        self,
+        references: ShotReferences,
+        prompt: PromptEmbedding,
+        generator: torch.Generator,
+        sigmas: tuple[float, ...],
+        device: torch.device,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage 1: half size, pure noise (video, then audio), video and voice references.
+        Returns the packed video and audio latents ``(1, N, C)``."""
+        grid = self._latent_grid(references, 1)
+        audio_frames = round(references.num_frames / references.frame_rate * self.audio_latents_per_second)
+        audio_channels = self.audio_latent_channels * (self.audio_mel_bins // self.audio_vae_mel_compression_ratio)
+        video = self._noise((1, math.prod(grid), self.transformer.config.in_channels), generator, device)
+        audio = self._noise((1, audio_frames, audio_channels), generator, device)
+        return self._denoise(
+            video, grid, references.video_stage_1, audio, references.audio, prompt, sigmas,
+            references.frame_rate, device, freeze_audio=False,
+        )
+
+    def sample_stage_2(
+        self,
+        video: torch.Tensor,
+        audio: torch.Tensor,
+        references: ShotReferences,
+        prompt: PromptEmbedding,
+        generator: torch.Generator,
+        sigmas: tuple[float, ...],
+        device: torch.device,
+    ) -> torch.Tensor:
+        """Stage 2 from the upsampled video latent: re-noised to ``sigmas[0]``, full size. The audio is
+        frozen at its stage-1 value, and that same latent is also the voice reference (upstream DubIt:
+        clean tokens at negative time positions). Returns the packed video latent."""
+        sigma = sigmas[0]
+        video = sigma * self._noise(tuple(video.shape), generator, device) + (1.0 - sigma) * video
+        video, _ = self._denoise(
+            video, self._latent_grid(references, 2), references.video_stage_2, audio,
+            self.audio_reference_tokens(audio), prompt, sigmas, references.frame_rate, device, freeze_audio=True,
+        )
+        return video
+
+    def _latent_grid(self, references: ShotReferences, stage: int) -> tuple[int, int, int]:
+        """(frames, height, width) of the target's video latent at stage 1 (half size) or 2 (full size)."""
+        cell = self.vae_spatial_compression_ratio * (2 if stage == 1 else 1)
+        latent_frames = (references.num_frames - 1) // self.vae_temporal_compression_ratio + 1
+        return latent_frames, references.height // cell, references.width // cell
 
     def _noise(self, shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
         # Drawn on the generator's device (CPU for dubflow): the same seed gives the same take on any device.
@@ -327,27 +354,30 @@ class LTX2LipDubPipeline(LTX2InContextPipeline):
         for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
             t = torch.full((1,), sigma * TIMESTEP_SCALE, device=device)
             t_audio = torch.zeros_like(t) if freeze_audio else t
-            video_pred, audio_pred = self.transformer(
-                hidden_states=torch.cat([video, video_reference.latents], dim=1).to(dtype),
-                audio_hidden_states=torch.cat([audio, audio_ref_latents], dim=1).to(dtype),
-                encoder_hidden_states=prompt.video,
-                audio_encoder_hidden_states=prompt.audio,
-                encoder_attention_mask=prompt.mask,
-                audio_encoder_attention_mask=prompt.mask,
-                timestep=torch.cat([t.expand(1, video.shape[1]), video_zeros], dim=1),
-                audio_timestep=torch.cat([t_audio.expand(1, audio.shape[1]), audio_zeros], dim=1),
-                sigma=t,
-                audio_sigma=t_audio,
-                num_frames=latent_frames,
-                height=latent_height,
-                width=latent_width,
-                fps=frame_rate,
-                audio_num_frames=audio_coords.shape[2],
-                video_coords=video_coords,
-                audio_coords=audio_coords,
-                use_cross_timestep=True,
-                return_dict=False,
-            )
+            video_timesteps = torch.cat([t.expand(1, video.shape[1]), video_zeros], dim=1)
+            audio_timesteps = torch.cat([t_audio.expand(1, audio.shape[1]), audio_zeros], dim=1)
+            with own_cross_modulation_timesteps(self.transformer, video_timesteps, audio_timesteps):
+                video_pred, audio_pred = self.transformer(
+                    hidden_states=torch.cat([video, video_reference.latents], dim=1).to(dtype),
+                    audio_hidden_states=torch.cat([audio, audio_ref_latents], dim=1).to(dtype),
+                    encoder_hidden_states=prompt.video,
+                    audio_encoder_hidden_states=prompt.audio,
+                    encoder_attention_mask=prompt.mask,
+                    audio_encoder_attention_mask=prompt.mask,
+                    timestep=video_timesteps,
+                    audio_timestep=audio_timesteps,
+                    sigma=t,
+                    audio_sigma=t_audio,
+                    num_frames=latent_frames,
+                    height=latent_height,
+                    width=latent_width,
+                    fps=frame_rate,
+                    audio_num_frames=audio_coords.shape[2],
+                    video_coords=video_coords,
+                    audio_coords=audio_coords,
+                    use_cross_timestep=True,
+                    return_dict=False,
+                )
             step = sigma_next - sigma
             video = video + step * video_pred[:, : video.shape[1]].float()
             if not freeze_audio:
@@ -381,7 +411,94 @@ class LTX2LipDubPipeline(LTX2InContextPipeline):
             latents, audio_frames, num_mel_bins=self.audio_mel_bins // self.audio_vae_mel_compression_ratio
         )
         mel = self.audio_vae.decode(latents.to(self.audio_vae.dtype), return_dict=False)[0]
-        return self.vocoder(mel)[0].float()
+        return self.vocoder(mel.to(self.vocoder.dtype))[0].float()
+
+
+@contextmanager
+def own_cross_modulation_timesteps(
+    transformer: LTX2VideoTransformer3DModel, video_timesteps: torch.Tensor, audio_timesteps: torch.Tensor
+) -> Iterator[None]:
+    """Within one forward: each modality's audio<->video cross-attention scale/shift from its *own*
+    per-token timesteps, as upstream LTX-2 computes it (``ltx_core/model/transformer/transformer_args.py``,
+    since 203d484: reference tokens sit at timestep 0).
+
+    diffusers 0.42.1 with ``use_cross_timestep=True`` feeds both the scale/shift and the gate AdaLNs
+    the *other* modality's sigma; upstream takes only the gate from it. The forward is called with
+    ``use_cross_timestep=True`` (the gates are right) and these hooks replace the timestep argument of
+    the two scale/shift AdaLNs. The upstream fix in diffusers would be, in
+    ``LTX2VideoTransformer3DModel.forward`` with ``use_cross_timestep=True``:
+    ``av_cross_attn_video_scale_shift(timestep.flatten())`` and
+    ``av_cross_attn_audio_scale_shift(audio_timestep.flatten())``, keeping ``audio_sigma`` / ``sigma``
+    for the ``a2v`` / ``v2a`` gates.
+    """
+    def replace_timestep(timesteps: torch.Tensor):
+        def hook(module, args, kwargs):
+            return (timesteps.flatten(), *args[1:]), kwargs
+        return hook
+
+    handles = [
+        transformer.av_cross_attn_video_scale_shift.register_forward_pre_hook(
+            replace_timestep(video_timesteps), with_kwargs=True
+        ),
+        transformer.av_cross_attn_audio_scale_shift.register_forward_pre_hook(
+            replace_timestep(audio_timesteps), with_kwargs=True
+        ),
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def log_mel(audio: torch.Tensor, sample_rate: int, vae_rate: int, hop_length: int, mel_bins: int) -> torch.Tensor:
+    """LTX-2's audio front end (ltx-core ``AudioProcessor``): ``(channels, samples)`` at any rate, resampled
+    to ``vae_rate`` -> ``(1, 2, mel_frames, mel_bins)`` log magnitude mel. Mono is duplicated into both
+    channels (upstream's encoder takes exactly two)."""
+    if audio.ndim != 2 or audio.shape[0] not in (1, 2):
+        raise ValueError(f"reference audio must be (1 or 2 channels, samples), got {tuple(audio.shape)}")
+    if audio.shape[0] == 1:
+        audio = audio.expand(2, -1)
+    audio = resample_sinc(audio, sample_rate, vae_rate)
+    window = torch.hann_window(MEL_FFT_SIZE, device=audio.device)
+    spectrum = torch.stft(
+        audio, MEL_FFT_SIZE, hop_length=hop_length, win_length=MEL_FFT_SIZE, window=window,
+        center=True, pad_mode="reflect", return_complex=True,
+    ).abs()  # (2, freqs, frames)
+    filters = slaney_mel_filterbank(MEL_FFT_SIZE // 2 + 1, mel_bins, vae_rate, device=audio.device)
+    mel = torch.einsum("fm,cft->ctm", filters, spectrum)
+    return torch.log(mel.clamp(min=MEL_LOG_FLOOR)).unsqueeze(0)
+
+
+def resample_sinc(audio: torch.Tensor, from_rate: int, to_rate: int) -> torch.Tensor:
+    """``(..., samples)`` from ``from_rate`` to ``to_rate`` Hz: the windowed-sinc resampler LTX-2's audio
+    front end uses (``torchaudio.functional.resample`` with its defaults: Hann window, 6 zero crossings,
+    rolloff 0.99), computed the same way, so dubflow needs no torchaudio (which pins its own torch).
+
+    The rates are reduced by their gcd; each of the ``to`` output phases is one row of a
+    ``(to, 1, taps)`` kernel applied with stride ``from`` (a polyphase filter), and the result is cut
+    to ``ceil(samples * to / from)``.
+    """
+    if from_rate <= 0 or to_rate <= 0:
+        raise ValueError(f"sample rates must be positive, got {from_rate} and {to_rate}")
+    if from_rate == to_rate:
+        return audio
+    gcd = math.gcd(int(from_rate), int(to_rate))
+    orig, new = int(from_rate) // gcd, int(to_rate) // gcd
+    base = min(orig, new) * RESAMPLE_ROLLOFF
+    width = math.ceil(RESAMPLE_ZERO_CROSSINGS * orig / base)
+    dtype, device = audio.dtype, audio.device
+    idx = torch.arange(-width, width + orig, dtype=dtype, device=device)[None, None] / orig
+    t = torch.arange(0, -new, -1, dtype=dtype, device=device)[:, None, None] / new + idx
+    t = (t * base).clamp_(-RESAMPLE_ZERO_CROSSINGS, RESAMPLE_ZERO_CROSSINGS)
+    window = torch.cos(t * math.pi / RESAMPLE_ZERO_CROSSINGS / 2) ** 2
+    t = t * math.pi
+    kernel = torch.where(t == 0, torch.tensor(1.0).to(t), t.sin() / t) * (window * (base / orig))
+    flat = audio.reshape(-1, audio.shape[-1])
+    padded = torch.nn.functional.pad(flat, (width, width + orig))
+    resampled = torch.nn.functional.conv1d(padded[:, None], kernel, stride=orig).transpose(1, 2).reshape(flat.shape[0], -1)
+    length = math.ceil(new * audio.shape[-1] / orig)
+    return resampled[..., :length].reshape(*audio.shape[:-1], -1)
 
 
 def slaney_mel_filterbank(

@@ -5,7 +5,7 @@ The layout dubflow loads (``LipDubModel.load``)::
     <weights>/model_index.json                       diffusers pipeline index
     <weights>/{transformer,vae,audio_vae,connectors,vocoder,text_encoder,tokenizer,scheduler}/
     <weights>/latent_upsampler/                      the x2 spatial upscaler (two-stage)
-    <weights>/ltx-2.3-22b-ic-lora-lipdub-0.9.safetensors
+    <weights>/ltx-2.3-22b-ic-lora-dubit-0.9.safetensors  (or its first name, ...-lipdub-0.9.safetensors)
 
 ``check_weights`` reads only configs and safetensors headers (no tensor data), builds every
 diffusers component on the ``meta`` device and compares names and shapes, then maps every LoRA key
@@ -15,6 +15,7 @@ no GPU.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -22,7 +23,9 @@ from pathlib import Path
 
 import torch
 
-from dubflow.models.ltx_files import BASE_REPO, LIPDUB_LORA_FILE, LORA_REPO
+from dubflow.media.files import atomic_write_bytes, sha256_file
+
+from dubflow.models.ltx_files import BASE_REPO, DUBIT_LORA_FILE, LORA_FILES, LORA_REPO, lora_file
 
 # The diffusers components the pipeline needs; the base repo also holds single-file checkpoints we skip.
 DIFFUSERS_COMPONENTS = (
@@ -60,7 +63,7 @@ def check_weights(weights_dir: Path, lora_path: Path | None = None, checkpoint: 
     ``checkpoint``, an official single-file checkpoint, is checked as the transformer it provides.
     """
     weights_dir = Path(weights_dir)
-    lora_path = Path(lora_path) if lora_path is not None else weights_dir / LIPDUB_LORA_FILE
+    lora_path = Path(lora_path) if lora_path is not None else lora_file(weights_dir)
     report = WeightsReport(weights_dir)
     if not (weights_dir / "model_index.json").is_file():
         report.problems.append(f"{weights_dir}/model_index.json missing: not a diffusers-format directory "
@@ -85,7 +88,8 @@ def check_weights(weights_dir: Path, lora_path: Path | None = None, checkpoint: 
     if checkpoint is not None and transformer is not None:
         _check_checkpoint(Path(checkpoint), transformer, report)
     if not lora_path.is_file():
-        report.problems.append(f"IC-LoRA {lora_path.name} missing (gated on the hub: {LORA_REPO})")
+        report.problems.append(f"IC-LoRA missing: none of {', '.join(LORA_FILES)} in {lora_path.parent} "
+                               f"(gated on the hub: {LORA_REPO})")
     elif transformer is not None:
         _check_lora(lora_path, transformer, report)
     return report
@@ -160,7 +164,9 @@ def _check_checkpoint(checkpoint: Path, transformer: torch.nn.Module, report: We
     if not checkpoint.is_file():
         report.problems.append(f"single-file checkpoint {checkpoint} not found")
         return
-    found = {key: shape for key, shape in _header_shapes([checkpoint]).items()
+    from dubflow.models.lipdub import rename_checkpoint_key
+
+    found = {rename_checkpoint_key(key): shape for key, shape in _header_shapes([checkpoint]).items()
              if key.startswith("model.diffusion_model.")}
     if not found:
         report.problems.append(f"{checkpoint.name}: no model.diffusion_model.* tensors: not an LTX-2 checkpoint")
@@ -207,8 +213,52 @@ def _numel(shape: tuple[int, ...]) -> int:
     return count
 
 
+def weights_identity(weights_dir: Path, lora_path: Path, checkpoint: Path | None, memo: Path) -> dict[str, str | None]:
+    """The LTX-2 weights by content: one digest over every file of the diffusers folder (names relative
+    to it, each file's SHA-256), the single-file checkpoint's and the LoRA's SHA-256.
+
+    Full-content hashes, not safetensors headers plus sizes: a header holds names, dtypes, shapes and
+    offsets, which a new release of the same architecture (LTX-2.3 distilled 1.0 and 1.1) leaves
+    identical, so a header key would keep serving takes of the old weights. Hashing ~70 GB costs about
+    a minute, so each file's hash is kept in ``memo`` (JSON) under its path, size, mtime and inode and
+    recomputed only when one of those changes: a replaced or re-downloaded file is hashed again, an
+    unchanged one costs a ``stat``. (A different file copied in with the same size, mtime and inode is
+    the case this cannot see.)
+    """
+    memo = Path(memo)
+    known: dict[str, list] = json.loads(memo.read_text()) if memo.is_file() else {}
+    changed = False
+
+    def digest(path: Path) -> str:
+        nonlocal changed
+        info = path.stat()
+        stamp = [info.st_size, info.st_mtime_ns, info.st_ino]
+        entry = known.get(str(path.resolve()))
+        if entry is None or entry[:3] != stamp:
+            entry = [*stamp, sha256_file(path)]
+            known[str(path.resolve())] = entry
+            changed = True
+        return entry[3]
+
+    weights_dir = Path(weights_dir)
+    files = sorted(
+        path for name in ("model_index.json", *DIFFUSERS_COMPONENTS)
+        for path in ([weights_dir / name] if name.endswith(".json") else (weights_dir / name).rglob("*"))
+        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(weights_dir).parts)
+    )
+    listing = "".join(f"{path.relative_to(weights_dir).as_posix()}\t{digest(path)}\n" for path in files)
+    identity = {
+        "base": hashlib.sha256(listing.encode()).hexdigest(),
+        "checkpoint": digest(Path(checkpoint)) if checkpoint is not None else None,
+        "lora": digest(Path(lora_path)),
+    }
+    if changed:
+        atomic_write_bytes(memo, json.dumps(known, indent=0, sort_keys=True).encode())
+    return identity
+
+
 def download_weights(weights_dir: Path) -> Path:
-    """Fetch the diffusers-format LTX-2.3 base and the gated LipDub IC-LoRA into ``weights_dir``.
+    """Fetch the diffusers-format LTX-2.3 base and the gated DubIt (formerly LipDub) IC-LoRA into ``weights_dir``.
 
     The token comes from ``$HF_TOKEN`` or the ``hf auth login`` cache, never from a command-line
     argument (it would show in process lists and shell history), and is never printed.
@@ -223,7 +273,7 @@ def download_weights(weights_dir: Path) -> Path:
             BASE_REPO, local_dir=weights_dir, token=token,
             allow_patterns=["model_index.json", *(f"{name}/*" for name in DIFFUSERS_COMPONENTS)],
         )
-        hf_hub_download(LORA_REPO, LIPDUB_LORA_FILE, local_dir=weights_dir, token=token)
+        hf_hub_download(LORA_REPO, DUBIT_LORA_FILE, local_dir=weights_dir, token=token)
     except GatedRepoError:
         raise WeightsDownloadError(
             f"access refused: {LORA_REPO} is gated — accept its conditions at https://huggingface.co/{LORA_REPO} "

@@ -17,8 +17,8 @@ from dubflow.manifests.schema import ManifestRow, language_name
 from dubflow.models.devices import lease_device
 from dubflow.models.lipdub import LipDubOutput, SourceShot, build_prompt
 from dubflow.models.ltx2_architectures import LTX_2_3
-from dubflow.models.profiles import RANDOM_WEIGHTS_SEED, ModelProfile, load_lipdub
-from dubflow.media.files import sha256_file
+from dubflow.models.profiles import RANDOM_WEIGHTS_SEED, ModelProfile, cache_dir, load_lipdub
+from dubflow.models.weights import weights_identity
 from dubflow.media.io import AudioTrack, MediaError, audio_layout_name, read_audio, read_frames, write_video, write_wav
 from dubflow.tasks.separate import require_audio_track
 from dubflow.tasks.retries import LIPDUB_TIMEOUT_ENV, STAGE_RETRIES
@@ -27,7 +27,8 @@ from dubflow.tasks.validate import Shot
 
 logger = logging.getLogger(__name__)
 
-LIPDUB_VERSION = 2  # bump when the stage's output changes for the same inputs
+LIPDUB_VERSION = 3  # bump when the stage's output changes for the same inputs (3: upstream DubIt's algorithm, issue 17)
+WEIGHT_HASHES_FILE = "weight-hashes.json"  # per-file content hashes of the LTX weights, in the cache folder
 # After a GPU out-of-memory error the take is tried once more in windows of this many frames
 # (8k+1; about 5 s at 24 fps): each pass holds fewer tokens, so its activations need less memory.
 LOW_MEMORY_WINDOW_FRAMES = 121
@@ -66,20 +67,18 @@ def voice_reference(audio: np.ndarray, layout: str) -> np.ndarray:
 
 
 def lipdub_identity(profile: ModelProfile) -> dict:
-    """The LipDub model and LoRA by what makes them what they are, read from the profile without
-    loading the model: the weights by name, the LoRA by content, or the random architecture's seed."""
+    """The LipDub model by what makes it what it is, read from the profile without loading the model:
+    every weight file, the single-file checkpoint and the LoRA by content (``weights_identity``: hashes
+    kept per file version in the cache folder, so only a replaced file is hashed again), or the random
+    architecture and its seed. No names or paths: a file replaced under the same name changes the key."""
     if profile.lipdub_weights is None:
         return {"architecture": LTX_2_3.name, "random_seed": RANDOM_WEIGHTS_SEED}
-    return {
-        "weights": profile.lipdub_weights.name,
-        "checkpoint": profile.lipdub_checkpoint.name if profile.lipdub_checkpoint else None,
-        "lora": profile.lipdub_lora.name,
-        "lora_sha256": sha256_file(profile.lipdub_lora),
-    }
+    return weights_identity(profile.lipdub_weights, profile.lipdub_lora, profile.lipdub_checkpoint,
+                            cache_dir() / WEIGHT_HASHES_FILE)
 
 
 def lipdub_key(shot: Shot, row: ManifestRow, profile: ModelProfile, model_identity: dict) -> str:
-    """`model_identity`: `lipdub_identity(profile)`, computed once per run (it hashes the LoRA)."""
+    """`model_identity`: `lipdub_identity(profile)`, computed once per run (it hashes the weights)."""
     return stage_key(
         # The shot id too: it is in the result and in every downstream file name.
         "lipdub", LIPDUB_VERSION, shot_id=shot.shot_id, picture=shot.sha256,

@@ -27,7 +27,6 @@ from dubflow.models.lipdub import (
     get_resident_model,
     read_reference_downscale_factor,
 )
-from dubflow.models.lipdub_pipeline import AUDIO_REFERENCE_GAP_SECONDS, STAGE_1_SIGMAS, STAGE_2_SIGMAS
 from dubflow.models.kernels import Kernels
 from dubflow.models.ltx_files import LIPDUB_LORA_FILE
 
@@ -263,32 +262,51 @@ class _TransformerCalls:
         self._handle.remove()
 
 
+def _upstream(name: str) -> torch.Tensor:
+    """A value upstream LTX-2 DubIt computed (tests/data/upstream_dubit, tools/dubit_reference.py)."""
+    with safe_open(str(Path(__file__).parent / "data" / "upstream_dubit" / "reference.safetensors"), "pt") as handle:
+        return handle.get_tensor(name)
+
+
+# Upstream's schedules and where its voice reference ends (its first forward's audio positions:
+# 18 target tokens, then the reference).
+UPSTREAM_STAGE_1_SIGMAS = _upstream("upstream.stage_1_sigmas").tolist()
+UPSTREAM_STAGE_2_SIGMAS = _upstream("upstream.stage_2_sigmas").tolist()
+UPSTREAM_VOICE_END = float(_upstream("forward.audio_positions")[0, 0, 18:, 1].max())
+
+
 def test_two_distilled_stages_with_the_voice_reference_at_negative_times(model: LipDubModel) -> None:
     shot = _shot(9, 60, 100, seed=4)
     with _TransformerCalls(model) as recorded:
         model.generate(shot, PROMPT, seed=3)
     calls = recorded.calls
-    assert len(calls) == (len(STAGE_1_SIGMAS) - 1) + (len(STAGE_2_SIGMAS) - 1)  # one forward per step: no guidance
-    stage_1, stage_2 = calls[: len(STAGE_1_SIGMAS) - 1], calls[len(STAGE_1_SIGMAS) - 1 :]
-    assert [round(float(c["sigma"][0]) / 1000, 6) for c in stage_1] == list(STAGE_1_SIGMAS[:-1])
-    assert [round(float(c["sigma"][0]) / 1000, 6) for c in stage_2] == list(STAGE_2_SIGMAS[:-1])
+    steps_1, steps_2 = len(UPSTREAM_STAGE_1_SIGMAS) - 1, len(UPSTREAM_STAGE_2_SIGMAS) - 1
+    assert len(calls) == steps_1 + steps_2  # one forward per step: no guidance
+    stage_1, stage_2 = calls[:steps_1], calls[steps_1:]
+    assert [float(c["sigma"][0]) / 1000 for c in stage_1] == pytest.approx(UPSTREAM_STAGE_1_SIGMAS[:-1], abs=1e-7)
+    assert [float(c["sigma"][0]) / 1000 for c in stage_2] == pytest.approx(UPSTREAM_STAGE_2_SIGMAS[:-1], abs=1e-7)
 
-    target_audio_tokens = stage_2[0]["audio_hidden_states"].shape[1]  # stage 2: no voice reference appended
-    for call in stage_1:
+    # Stage 2's audio is the frozen stage-1 latent plus that same latent as the voice reference.
+    target_audio_tokens = stage_2[0]["audio_hidden_states"].shape[1] // 2
+    for call in (*stage_1, *stage_2):
         starts = call["audio_coords"][0, 0, :, 0]
         ends = call["audio_coords"][0, 0, :, 1]
         reference = slice(target_audio_tokens, None)
         assert call["audio_hidden_states"].shape[1] > target_audio_tokens
         assert (starts[: target_audio_tokens] >= 0).all()
         assert (ends[reference] < 0).all() and (starts[reference] < 0).all()
-        assert float(ends[reference].max()) == pytest.approx(-AUDIO_REFERENCE_GAP_SECONDS, abs=1e-6)
-        # The reference is context, clean: timestep 0 for its tokens, the step's sigma for the target.
+        assert float(ends[reference].max()) == pytest.approx(UPSTREAM_VOICE_END, abs=1e-6)
+        # The reference is context, clean: timestep 0 for its tokens.
         assert (call["audio_timestep"][0, reference] == 0).all()
+    for call in stage_1:  # the step's sigma for the target
         assert (call["audio_timestep"][0, :target_audio_tokens] == call["sigma"][0]).all()
-    # Stage 2 keeps the stage-1 audio frozen: clean timesteps and the same latent at every step.
+    # Stage 2 keeps the stage-1 audio frozen: clean timesteps and the same latent at every step, and
+    # the voice reference is that latent.
+    frozen = stage_2[0]["audio_hidden_states"]
+    torch.testing.assert_close(frozen[:, :target_audio_tokens], frozen[:, target_audio_tokens:])
     for call in stage_2:
         assert (call["audio_timestep"] == 0).all() and float(call["audio_sigma"][0]) == 0.0
-        torch.testing.assert_close(call["audio_hidden_states"], stage_2[0]["audio_hidden_states"])
+        torch.testing.assert_close(call["audio_hidden_states"], frozen)
     # Stage 2 runs at twice the stage-1 width and height: four times the target video tokens.
     stage_1_video = stage_1[0]["timestep"][0].count_nonzero()
     stage_2_video = stage_2[0]["timestep"][0].count_nonzero()
@@ -391,7 +409,7 @@ def test_a_30_second_shot_is_windowed_and_stitched_exactly(model: LipDubModel) -
     assert len(windows) >= 3
     with _TransformerCalls(model) as recorded:
         out = model.generate(shot, PROMPT, seed=4)
-    assert len(recorded.calls) == len(windows) * ((len(STAGE_1_SIGMAS) - 1) + (len(STAGE_2_SIGMAS) - 1))
+    assert len(recorded.calls) == len(windows) * ((len(UPSTREAM_STAGE_1_SIGMAS) - 1) + (len(UPSTREAM_STAGE_2_SIGMAS) - 1))
     assert out.frames.shape == (num_frames, 8, 12, 3)
     assert out.audio.shape == (2, round(Fraction(num_frames) / fps * out.sample_rate))
     # The joins are cross-faded: no frame is left empty and the sound has no gap, but for the causal

@@ -124,12 +124,11 @@ def test_keys_are_canonical_content_and_refuse_paths() -> None:
 
 
 def test_model_identities_name_content_not_places(tmp_path: Path) -> None:
-    """The same LoRA in another folder gives the same key input, other LoRA content another; no paths."""
+    """The same weights in another folder give the same key input, other LoRA content another; no paths."""
     profile = resolve_profile("smoke")
     identity = lipdub_identity(profile)
-    moved = tmp_path / profile.lipdub_weights.name
-    moved.mkdir()
-    lora = Path(shutil.copy(profile.lipdub_lora, moved / profile.lipdub_lora.name))
+    moved = Path(shutil.copytree(profile.lipdub_weights, tmp_path / "elsewhere"))
+    lora = moved / profile.lipdub_lora.name
     assert lipdub_identity(replace(profile, lipdub_weights=moved, lipdub_lora=lora)) == identity
     with open(lora, "ab") as handle:
         handle.write(b"\0")

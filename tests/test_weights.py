@@ -11,8 +11,8 @@ from safetensors.torch import load_file, save_file
 
 from dubflow.flows.cli import main
 from dubflow.models.lipdub import build_smoke_weights
-from dubflow.models.ltx_files import LIPDUB_LORA_FILE
-from dubflow.models.weights import WeightsDownloadError, check_weights, download_weights
+from dubflow.models.ltx_files import DUBIT_LORA_FILE, LIPDUB_LORA_FILE, LORA_REPO
+from dubflow.models.weights import WeightsDownloadError, check_weights, download_weights, weights_identity
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +104,7 @@ _OFFICIAL_NAMES = (
     ("audio_a2v_cross_attn_scale_shift_table", "scale_shift_table_a2v_ca_audio"),
     ("norm_q", "q_norm"),
     ("norm_k", "k_norm"),
+    ("prompt_adaln.", "prompt_adaln_single."),  # also audio_prompt_adaln -> audio_prompt_adaln_single
 )
 
 
@@ -155,3 +156,56 @@ def test_a_checkpoint_that_does_not_fit_is_reported(weights: Path, tmp_path: Pat
     empty = tmp_path / "empty.safetensors"
     save_file({"something.else": torch.zeros(1)}, str(empty))
     assert any("not an LTX-2 checkpoint" in p for p in check_weights(weights, checkpoint=empty).problems)
+
+
+@pytest.mark.parametrize("name", [DUBIT_LORA_FILE, LIPDUB_LORA_FILE])
+def test_either_published_lora_name_is_accepted(copy: Path, name: str, capsys) -> None:
+    """Upstream renamed LipDub to DubIt (LTX-2 v1.2.0); a folder holding the LoRA under either name passes."""
+    (copy / LIPDUB_LORA_FILE).rename(copy / name)
+    report = check_weights(copy)
+    assert report.ok, report.render()
+    assert any(name in line for line in report.checked)
+    assert main(["models", "check", str(copy)]) == 0
+    assert "all checks passed" in capsys.readouterr().out
+
+
+def test_download_asks_for_the_dubit_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    asked = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, **kwargs: asked.append(repo))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, name, **kwargs: asked.append((repo, name)))
+    download_weights(tmp_path / "w")
+    assert LORA_REPO == "Lightricks/LTX-2.3-22b-IC-LoRA-DubIt"
+    assert asked[1] == (LORA_REPO, DUBIT_LORA_FILE)
+
+
+def test_replacing_a_weight_file_under_the_same_name_invalidates_its_takes(copy: Path, tmp_path: Path) -> None:
+    """Takes are keyed by the weights' content: a new release or a re-download under the same folder
+    and file names gives another key, so the old takes are not served."""
+    from dataclasses import replace
+
+    from dubflow.manifests.schema import ManifestRow
+    from dubflow.models.profiles import resolve_profile
+    from dubflow.tasks.lipdub import lipdub_identity, lipdub_key
+    from dubflow.tasks.validate import Shot
+
+    profile = replace(resolve_profile("smoke"), lipdub_weights=copy, lipdub_lora=copy / LIPDUB_LORA_FILE)
+    shot = Shot("s1", tmp_path / "s1.mov", "ab" * 32, None, "s1.mov")
+    row = ManifestRow(1, "s1", "s1.mov", None, "fr", "Bonjour.", "A man")
+
+    def take_key() -> tuple[str, dict]:
+        identity = lipdub_identity(profile)
+        return lipdub_key(shot, row, profile, identity), identity
+
+    first, identity = take_key()
+    assert take_key()[0] == first  # unchanged files: the same key (hashes read from the memo)
+    transformer = copy / "transformer" / "diffusion_pytorch_model.safetensors"
+    _rewrite(transformer, lambda t: t.__setitem__("proj_in.weight", t["proj_in.weight"] + 1))  # same names and shapes
+    second, changed = take_key()
+    assert second != first and changed["base"] != identity["base"] and changed["lora"] == identity["lora"]
+    _rewrite(copy / LIPDUB_LORA_FILE, lambda t: t.update({k: v * 2 for k, v in t.items()}))
+    third, relora = take_key()
+    assert third not in (first, second) and relora["lora"] != changed["lora"]
+    # The memo only saves time: a fresh one finds the same identity.
+    assert weights_identity(copy, copy / LIPDUB_LORA_FILE, None, tmp_path / "memo.json") == relora

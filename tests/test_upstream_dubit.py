@@ -1,0 +1,177 @@
+"""dubflow's LipDub computes what upstream LTX-2 DubIt computes, checked against upstream's own numbers.
+
+``tests/data/upstream_dubit/`` was written by ``tools/dubit_reference.py`` running Lightricks' code
+(``ltx-core``/``ltx-pipelines`` at the commit in its metadata) on a tiny LTX-2.3-shaped transformer
+with random weights: the single-file checkpoint (upstream's layout, written from upstream's model),
+an IC-LoRA in the official layout, the inputs, every noise tensor upstream drew, and upstream's
+outputs. Here the checkpoint and the LoRA go through dubflow's real loading path (the ``ltx-2.3``
+profile with ``DUBFLOW_LTX_CHECKPOINT``: diffusers' single-file conversion, LoRA fused through peft)
+and dubflow's sampler replays upstream's noise. Everything must agree to 1e-5 relative in fp32.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from dubflow.models.lipdub import LipDubModel, build_smoke_weights
+from dubflow.models.lipdub_pipeline import (
+    AUDIO_REFERENCE_GAP_SECONDS,
+    STAGE_1_SIGMAS,
+    STAGE_2_SIGMAS,
+    PromptEmbedding,
+    ShotReferences,
+    log_mel,
+    resample_sinc,
+)
+from dubflow.models.ltx2_architectures import SMOKE
+from dubflow.models.ltx_files import LIPDUB_LORA_FILE
+from dubflow.models.profiles import load_lipdub, resolve_profile
+
+DATA = Path(__file__).parent / "data" / "upstream_dubit"
+TOLERANCE = 1e-5
+
+# The harness's transformer in diffusers' terms: the smoke model's LTX-2.3 switches, with the real
+# 128 video and 128 audio latent channels (upstream's pipeline blocks hard-code them).
+TRANSFORMER_CONFIG = {
+    **SMOKE.transformer,
+    "in_channels": 128, "out_channels": 128, "audio_in_channels": 128, "audio_out_channels": 128,
+    "num_attention_heads": 2, "attention_head_dim": 8, "cross_attention_dim": 16,
+    "audio_num_attention_heads": 2, "audio_attention_head_dim": 4, "audio_cross_attention_dim": 8,
+    "num_layers": 2, "rope_double_precision": True, "use_prompt_adaln_single": True,
+}
+
+
+def _relative(found: torch.Tensor, expected: torch.Tensor) -> float:
+    assert found.shape == expected.shape, (found.shape, expected.shape)
+    return float((found.double() - expected.double()).norm() / expected.double().norm())
+
+
+@pytest.fixture(scope="module")
+def reference() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    with safe_open(str(DATA / "reference.safetensors"), framework="pt") as handle:
+        return {key: handle.get_tensor(key) for key in handle.keys()}, handle.metadata()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> LipDubModel:
+    """Loaded the way a run loads it: profile ``ltx-2.3``, weights folder + ``DUBFLOW_LTX_CHECKPOINT``."""
+    root = tmp_path_factory.mktemp("upstream")
+    weights = Path(shutil.copytree(build_smoke_weights(root / "smoke"), root / "weights"))
+    shutil.rmtree(weights / "transformer")  # the single file provides it; only its config stays
+    (weights / "transformer").mkdir()
+    config = {"_class_name": "LTX2VideoTransformer3DModel", **TRANSFORMER_CONFIG}
+    (weights / "transformer" / "config.json").write_text(json.dumps(config))
+    shutil.copy(DATA / "lora.safetensors", weights / LIPDUB_LORA_FILE)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("DUBFLOW_LTX_WEIGHTS", str(weights))
+        env.setenv("DUBFLOW_LTX_CHECKPOINT", str(DATA / "checkpoint.safetensors"))
+        env.setenv("DUBFLOW_FP8_WEIGHTS", "0")
+        return load_lipdub(resolve_profile("ltx-2.3"), "cpu")
+
+
+@pytest.fixture(scope="module")
+def sampled(model: LipDubModel, reference) -> dict[str, torch.Tensor]:
+    """dubflow's two stages on upstream's inputs, upstream's noise replayed in the order it was drawn."""
+    tensors, metadata = reference
+    pipe = model.pipe
+    fps = float(metadata["fps"])
+    references = ShotReferences(
+        video_stage_1=pipe.video_reference_tokens(tensors["input.reference_stage_1"], fps, 1),
+        video_stage_2=pipe.video_reference_tokens(tensors["input.reference_stage_2"], fps, 1),
+        audio=pipe.audio_reference_tokens(pipe._pack_audio_latents(tensors["input.voice_latent"])),
+        num_frames=int(metadata["num_frames"]), height=int(metadata["height"]), width=int(metadata["width"]),
+        frame_rate=fps,
+    )
+    prompt = PromptEmbedding(
+        tensors["input.video_context"], tensors["input.audio_context"], torch.ones(1, tensors["input.video_context"].shape[1])
+    )
+    # Upstream draws noise over target and reference tokens alike (the references' share is masked
+    # out); dubflow draws the targets' only. Stage 2's audio draw (noise.3) is scaled by 0 upstream.
+    noises = [tensors["noise.0"], tensors["noise.1"], tensors["noise.2"]]
+
+    def replay(shape, generator, device):
+        noise = noises.pop(0)
+        return noise[:, : shape[1]].to(device)
+
+    calls = []
+    hook = pipe.transformer.register_forward_hook(
+        lambda module, args, kwargs, output: calls.append((kwargs, output)) if not calls else None, with_kwargs=True
+    )
+    original = pipe._noise
+    pipe._noise = replay
+    try:
+        with torch.inference_mode():
+            video_1, audio_1 = pipe.sample_stage_1(references, prompt, None, STAGE_1_SIGMAS, model.device)
+            initial = pipe._pack_latents(tensors["input.stage_2_initial"], 1, 1)
+            video_2 = pipe.sample_stage_2(initial, audio_1, references, prompt, None, STAGE_2_SIGMAS, model.device)
+    finally:
+        pipe._noise = original
+        hook.remove()
+    assert not noises
+    kwargs, (video_out, audio_out) = calls[0]
+    return {
+        "forward.video_in": kwargs["hidden_states"], "forward.audio_in": kwargs["audio_hidden_states"],
+        "forward.video_coords": kwargs["video_coords"], "forward.audio_coords": kwargs["audio_coords"],
+        "forward.video_out": video_out, "forward.audio_out": audio_out,
+        "stage_1.video": video_1, "stage_1.audio": audio_1, "stage_2.video": video_2,
+    }
+
+
+def test_reference_data_names_its_upstream_commit(reference) -> None:
+    _, metadata = reference
+    assert len(metadata["upstream_commit"]) == 40 and metadata["upstream_commit"].startswith("400fd31")
+
+
+def test_sigma_schedules_are_upstreams(reference) -> None:
+    tensors, _ = reference
+    assert list(STAGE_1_SIGMAS) == tensors["upstream.stage_1_sigmas"].tolist()
+    assert list(STAGE_2_SIGMAS) == tensors["upstream.stage_2_sigmas"].tolist()
+
+
+def test_first_forward_inputs_and_positions_are_upstreams(reference, sampled) -> None:
+    tensors, _ = reference
+    assert torch.equal(sampled["forward.video_in"], tensors["forward.video_in"])
+    assert torch.equal(sampled["forward.audio_in"], tensors["forward.audio_in"])
+    # RoPE coordinates (pixel/second bounds per token): target then reference, voice at negative times.
+    assert _relative(sampled["forward.video_coords"], tensors["forward.video_positions"]) < 1e-7
+    assert _relative(sampled["forward.audio_coords"], tensors["forward.audio_positions"]) < 1e-7
+    voice_end = sampled["forward.audio_coords"][0, 0, 18:, 1].max().item()
+    assert voice_end == pytest.approx(-AUDIO_REFERENCE_GAP_SECONDS, abs=1e-6)
+
+
+@pytest.mark.parametrize("checkpoint", ["forward.video_out", "forward.audio_out", "stage_1.video", "stage_1.audio",
+                                        "stage_2.video"])
+def test_matches_upstream_at_every_checkpoint(model: LipDubModel, reference, sampled, checkpoint: str) -> None:
+    tensors, _ = reference
+    expected = tensors[checkpoint]
+    if checkpoint.endswith(".video") and expected.ndim == 5:
+        expected = model.pipe._pack_latents(expected, 1, 1)
+    elif checkpoint == "stage_1.audio":
+        expected = model.pipe._pack_audio_latents(expected)
+    assert _relative(sampled[checkpoint], expected) <= TOLERANCE
+
+
+@pytest.mark.parametrize("rate", [16_000, 44_100, 48_000])
+def test_voice_front_end_matches_upstream(reference, rate: int) -> None:
+    """At LTX-2.3's settings: 16 kHz, hop 160, 64 mel bins."""
+    tensors, _ = reference
+    wave = tensors[f"voice.{rate}.wave"]
+    assert _relative(resample_sinc(wave, rate, 16_000), tensors[f"voice.{rate}.resampled"]) <= TOLERANCE
+    # dubflow's log-mel is (1, channels, mel frames, mel bins), upstream's layout.
+    assert _relative(log_mel(wave, rate, 16_000, 160, 64), tensors[f"voice.{rate}.mel"]) <= TOLERANCE
+    mono = log_mel(wave[:1], rate, 16_000, 160, 64)  # duplicated into both channels
+    expected = tensors[f"voice.{rate}.mono_mel"]
+    assert _relative(mono, expected.expand(-1, 2, -1, -1)) <= TOLERANCE
+
+
+def test_log_mel_frame_count_follows_the_hop(reference) -> None:
+    tensors, _ = reference
+    mel = tensors["voice.16000.mel"]
+    assert mel.shape[2] == math.floor(tensors["voice.16000.wave"].shape[1] / 160) + 1

@@ -1,0 +1,285 @@
+"""Reference numbers from upstream LTX-2 DubIt for dubflow's equivalence tests (tests/test_lipdub_upstream.py).
+
+Runs Lightricks' own code (``ltx-core`` + ``ltx-pipelines``, checked out OUTSIDE this repository: its
+licence forbids committing or vendoring it) and writes, into one folder under ``tests/data/``:
+
+``checkpoint.safetensors``
+    A tiny LTX-2.3-shaped transformer (every LTX-2.3 switch: gated attention, cross-attention AdaLN
+    with ``prompt_adaln_single``, split RoPE, per-modality text projections; the real 128 video and
+    128 audio latent channels, which upstream's pipeline blocks hard-code) with seeded random weights,
+    in upstream's own single-file layout: upstream's ``LTXModel.state_dict()`` under the
+    ``model.diffusion_model.`` prefix its loader strips, the configuration as ``config`` metadata.
+    It is read back through upstream's own ``Builder`` before use.
+``lora.safetensors``
+    A random rank-2 IC-LoRA in the official key layout (``diffusion_model.`` prefix), fused by
+    upstream's loader at strength 1.0 in both stages, as ``DubItPipeline`` does.
+``reference.safetensors``
+    Inputs (text-connector outputs, reference video latents at both stage sizes, the voice
+    reference's audio latent, the stage-2 starting latent, every noise tensor in the order drawn)
+    and upstream's outputs: the first transformer forward (velocities), stage-1 video and audio
+    latents, stage-2 video latent. Also the voice front end: upstream's ``AudioProcessor``
+    (torchaudio resampler + log-mel) on one waveform at 16, 44.1 and 48 kHz, stereo and mono.
+    The metadata names the upstream commit and the geometry.
+
+Stage 2 starts from a stored latent (``stage_2_initial``) rather than upstream's upsampler output:
+the upsampler, the VAEs and the vocoder are not shared with dubflow by this harness (see
+docs/fidelity.md). Everything else is upstream's own code path: ``DiffusionStage`` with its
+conditioning classes (``VideoConditionByReferenceLatent``, ``AudioConditionByReferenceLatent`` via
+``dubit.patchify_dubit_audio_reference_latent``), ``SimpleDenoiser``, the Euler loop and the
+Gaussian noiser (recorded, not replaced).
+
+Run (the upstream checkout and a Python environment with its dependencies, e.g. torch, torchaudio,
+einops, transformers<5.15, safetensors, scipy, av)::
+
+    git --git-dir=<LTX-2 clone> archive 400fd31 --prefix=LTX-2-400fd31/ | tar -x -C /work/upstream
+    PYTHONPATH=/work/upstream/LTX-2-400fd31/packages/ltx-core/src:/work/upstream/LTX-2-400fd31/packages/ltx-pipelines/src \\
+        <venv>/bin/python tools/dubit_reference.py --upstream /work/upstream/LTX-2-400fd31 \\
+        --commit 400fd31054597515f47125691032c04b1c3ee24e --out tests/data/upstream_dubit
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+SEED = 20_261_204
+FPS = 24.0
+NUM_FRAMES = 17  # 8k+1: three latent frames
+HEIGHT, WIDTH = 128, 192  # full (stage-2) size; stage 1 at half: 2x3 latent cells, stage 2: 4x6
+VIDEO_HEADS, VIDEO_HEAD_DIM = 2, 8
+AUDIO_HEADS, AUDIO_HEAD_DIM = 2, 4
+LATENT_CHANNELS = 128  # upstream's DiffusionStage builds 128-channel video and 8x16 audio latents
+LAYERS = 2
+TEXT_TOKENS = 16
+LORA_RANK = 2
+LORA_BLOCK_TARGETS = tuple(
+    f"{attn}.{proj}"
+    for attn in ("attn1", "attn2", "audio_attn1", "audio_attn2", "audio_to_video_attn", "video_to_audio_attn")
+    for proj in ("to_q", "to_k", "to_v", "to_out.0")
+) + ("ff.net.0.proj", "ff.net.2", "audio_ff.net.0.proj", "audio_ff.net.2", "patchify_proj")
+VOICE_RATES = (16_000, 44_100, 48_000)
+VOICE_SECONDS = 0.4
+
+TRANSFORMER_CONFIG = {
+    "dropout": 0.0, "attention_bias": True, "num_vector_embeds": None, "activation_fn": "gelu-approximate",
+    "num_embeds_ada_norm": 1000, "use_linear_projection": False, "only_cross_attention": False,
+    "cross_attention_norm": True, "double_self_attention": False, "upcast_attention": False,
+    "standardization_norm": "rms_norm", "norm_elementwise_affine": False, "qk_norm": "rms_norm",
+    "positional_embedding_type": "rope", "use_audio_video_cross_attention": True, "share_ff": False,
+    "av_cross_ada_norm": True, "use_middle_indices_grid": True,
+    "num_attention_heads": VIDEO_HEADS, "attention_head_dim": VIDEO_HEAD_DIM,
+    "in_channels": LATENT_CHANNELS, "out_channels": LATENT_CHANNELS, "num_layers": LAYERS,
+    "cross_attention_dim": VIDEO_HEADS * VIDEO_HEAD_DIM, "norm_eps": 1e-6,
+    "positional_embedding_theta": 10000.0, "positional_embedding_max_pos": [20, 2048, 2048],
+    "timestep_scale_multiplier": 1000, "audio_num_attention_heads": AUDIO_HEADS,
+    "audio_attention_head_dim": AUDIO_HEAD_DIM, "audio_in_channels": LATENT_CHANNELS,
+    "audio_out_channels": LATENT_CHANNELS, "audio_cross_attention_dim": AUDIO_HEADS * AUDIO_HEAD_DIM,
+    "audio_positional_embedding_max_pos": [20], "av_ca_timestep_scale_multiplier": 1000,
+    "rope_type": "split", "frequencies_precision": "float64", "apply_gated_attention": True,
+    "cross_attention_adaln": True, "use_prompt_adaln_single": True,
+    "caption_proj_before_connector": True,  # LTX-2.3 (22B): the text connectors project, not the transformer
+}
+
+
+def build_upstream_checkpoint(out: Path, generator: torch.Generator) -> dict:
+    """Random weights in upstream's LTXModel, saved in upstream's single-file layout."""
+    from ltx_core.model.transformer.model_configurator import LTXModelConfigurator
+
+    metadata = {"config": {"transformer": TRANSFORMER_CONFIG}}
+    model = LTXModelConfigurator.from_metadata(metadata)
+    state = {}
+    for name, tensor in model.state_dict().items():
+        fan_in = tensor.shape[-1] if tensor.ndim >= 2 else 1
+        scale = 0.1 if tensor.ndim < 2 or "scale_shift_table" in name else 1.0 / math.sqrt(fan_in)
+        state[f"model.diffusion_model.{name}"] = (torch.randn(tensor.shape, generator=generator) * scale).contiguous()
+    save_file(state, str(out / "checkpoint.safetensors"), metadata={"config": json.dumps(metadata["config"])})
+    return state
+
+
+def build_lora(out: Path, state: dict, generator: torch.Generator) -> None:
+    tensors = {}
+    for layer in range(LAYERS):
+        for target in LORA_BLOCK_TARGETS:
+            name = target if target == "patchify_proj" else f"transformer_blocks.{layer}.{target}"
+            if target == "patchify_proj" and layer:
+                continue
+            out_features, in_features = state[f"model.diffusion_model.{name}.weight"].shape
+            tensors[f"diffusion_model.{name}.lora_A.weight"] = torch.randn(LORA_RANK, in_features, generator=generator) * 0.3
+            tensors[f"diffusion_model.{name}.lora_B.weight"] = torch.randn(out_features, LORA_RANK, generator=generator) * 0.3
+    save_file(tensors, str(out / "lora.safetensors"), metadata={"reference_downscale_factor": "1"})
+
+
+class RecordingNoiser:
+    """Upstream's GaussianNoiser, keeping every noise tensor it draws (in order) for the record."""
+
+    def __init__(self, generator: torch.Generator) -> None:
+        from ltx_core.components.noisers import GaussianNoiser
+
+        self.inner = GaussianNoiser(generator)
+        self.noises: list[torch.Tensor] = []
+        sample = self.inner._sample_noise
+
+        def recording(latent_state):
+            noise = sample(latent_state)
+            self.noises.append(noise.clone())
+            return noise
+
+        self.inner._sample_noise = recording
+
+    def __call__(self, latent_state, noise_scale: float = 1.0):
+        return self.inner(latent_state, noise_scale)
+
+
+def run_dubit_stages(out: Path, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    from ltx_core.conditioning import AudioConditionByReferenceLatent, VideoConditionByReferenceLatent
+    from ltx_core.loader import LoraPathStrengthAndSDOps
+    from ltx_core.loader.fuse_loras import FuseRule, bf16_fuse_rule
+    from ltx_core.loader.sd_ops import LTXV_LORA_COMFY_RENAMING_MAP
+    from ltx_pipelines.dubit import patchify_dubit_audio_reference_latent
+    from ltx_pipelines.utils.blocks import DiffusionStage
+    from ltx_pipelines.utils.denoisers import SimpleDenoiser
+    from ltx_pipelines.utils.types import ModalitySpec
+
+    from ltx_pipelines.utils.constants import (
+        DISTILLED_SIGMA_VALUES, DISTILLED_SIGMAS, STAGE_2_DISTILLED_SIGMA_VALUES, STAGE_2_DISTILLED_SIGMAS,
+    )
+
+    cpu = torch.device("cpu")
+    latent_frames = (NUM_FRAMES - 1) // 8 + 1
+    video_context = torch.randn(1, TEXT_TOKENS, VIDEO_HEADS * VIDEO_HEAD_DIM, generator=generator)
+    audio_context = torch.randn(1, TEXT_TOKENS, AUDIO_HEADS * AUDIO_HEAD_DIM, generator=generator)
+    reference_1 = torch.randn(1, LATENT_CHANNELS, latent_frames, HEIGHT // 64, WIDTH // 64, generator=generator)
+    reference_2 = torch.randn(1, LATENT_CHANNELS, latent_frames, HEIGHT // 32, WIDTH // 32, generator=generator)
+    # The voice reference as the audio VAE emits it: (B, 8 channels, frames, 16 mel bins); a longer
+    # clip than the target, as a whole shot's sound would be.
+    voice = torch.randn(1, 8, 13, 16, generator=generator)
+    stage_2_initial = torch.randn(1, LATENT_CHANNELS, latent_frames, HEIGHT // 32, WIDTH // 32, generator=generator)
+
+    stage = DiffusionStage.from_checkpoint(
+        str(out / "checkpoint.safetensors"), torch.float32, cpu,
+        loras=(LoraPathStrengthAndSDOps(str(out / "lora.safetensors"), 1.0, LTXV_LORA_COMFY_RENAMING_MAP),),
+    )
+    # Upstream fuses LoRAs with bf16 aggregation whatever the model's dtype (`bf16_fuse_rule`: the
+    # fused weight is rounded to bf16), which in an fp32 run is a 3e-3 relative change of every
+    # adapted layer. For an fp32 reference the harness fuses with upstream's own rule at fp32; a bf16
+    # run (the real one) is unaffected.
+    stage._transformer_builder = stage._transformer_builder.with_fuse_rule(
+        FuseRule(aggregation_dtype=torch.float32, fuse_fn=bf16_fuse_rule.fuse_fn)
+    )
+    calls: list[dict[str, torch.Tensor]] = []
+
+    def audio_reference(latent: torch.Tensor) -> AudioConditionByReferenceLatent:
+        patch, positions = patchify_dubit_audio_reference_latent(latent, negative_positions=True, device=cpu)
+        return AudioConditionByReferenceLatent(patch, positions, strength=1.0)
+
+    def record_first_forward(transformer) -> None:
+        model = transformer.velocity_model if hasattr(transformer, "velocity_model") else transformer
+
+        def hook(module, args, output):
+            if not calls:
+                video, audio = args[0], args[1]
+                calls.append({
+                    "forward.video_in": video.latent.clone(), "forward.audio_in": audio.latent.clone(),
+                    "forward.video_timesteps": video.timesteps.clone(), "forward.audio_timesteps": audio.timesteps.clone(),
+                    "forward.video_positions": video.positions.clone(), "forward.audio_positions": audio.positions.clone(),
+                    "forward.video_out": output[0].clone(), "forward.audio_out": output[1].clone(),
+                })
+
+        model.register_forward_hook(hook)
+
+    original_build = stage._build_transformer
+
+    def build_and_hook(**kwargs):
+        transformer = original_build(**kwargs)
+        record_first_forward(transformer)
+        return transformer
+
+    stage._build_transformer = build_and_hook
+    noiser = RecordingNoiser(generator)
+    denoiser = SimpleDenoiser(video_context, audio_context)
+    video_1, audio_1 = stage(
+        denoiser=denoiser, sigmas=DISTILLED_SIGMAS.to(torch.float32), noiser=noiser, width=WIDTH // 2, height=HEIGHT // 2,
+        frames=NUM_FRAMES, fps=FPS,
+        video=ModalitySpec(context=video_context, conditionings=[VideoConditionByReferenceLatent(reference_1)]),
+        audio=ModalitySpec(context=audio_context, conditionings=[audio_reference(voice)]),
+    )
+    stage_1_audio = audio_1.latent.clone()
+    video_2, _ = stage(
+        denoiser=SimpleDenoiser(video_context, audio_context), sigmas=STAGE_2_DISTILLED_SIGMAS.to(torch.float32), noiser=noiser,
+        width=WIDTH, height=HEIGHT, frames=NUM_FRAMES, fps=FPS,
+        video=ModalitySpec(context=video_context, conditionings=[VideoConditionByReferenceLatent(reference_2)],
+                           noise_scale=STAGE_2_DISTILLED_SIGMAS[0].item(), initial_latent=stage_2_initial),
+        audio=ModalitySpec(context=audio_context, conditionings=[audio_reference(stage_1_audio)], frozen=True,
+                           noise_scale=0.0, initial_latent=stage_1_audio),
+    )
+    tensors = {
+        "input.video_context": video_context, "input.audio_context": audio_context,
+        "input.reference_stage_1": reference_1, "input.reference_stage_2": reference_2,
+        "input.voice_latent": voice, "input.stage_2_initial": stage_2_initial,
+        "upstream.stage_1_sigmas": torch.tensor(DISTILLED_SIGMA_VALUES, dtype=torch.float64),
+        "upstream.stage_2_sigmas": torch.tensor(STAGE_2_DISTILLED_SIGMA_VALUES, dtype=torch.float64),
+        "stage_1.video": video_1.latent, "stage_1.audio": stage_1_audio, "stage_2.video": video_2.latent,
+        **calls[0],
+    }
+    for index, noise in enumerate(noiser.noises):
+        tensors[f"noise.{index}"] = noise
+    return tensors
+
+
+def voice_front_end(generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Upstream's AudioProcessor (torchaudio resample to 16 kHz + log-mel) at several input rates."""
+    from ltx_core.model.audio_vae.ops import AudioProcessor
+    from ltx_core.types import Audio
+
+    processor = AudioProcessor(target_sample_rate=16_000, mel_bins=64, mel_hop_length=160, n_fft=1024)
+    tensors = {}
+    for rate in VOICE_RATES:
+        samples = round(VOICE_SECONDS * rate)
+        t = torch.arange(samples, dtype=torch.float64) / rate
+        # A voiced-like signal: harmonics of a gliding pitch plus noise, energy up to Nyquist.
+        pitch = 140.0 + 60.0 * t
+        tone = sum(torch.sin(2 * math.pi * k * torch.cumsum(pitch, 0) / rate) / k for k in range(1, 30))
+        wave = (0.3 * tone).float().expand(2, -1).clone()
+        wave += 0.05 * torch.randn(2, samples, generator=generator)
+        tensors[f"voice.{rate}.wave"] = wave
+        tensors[f"voice.{rate}.resampled"] = processor.resample_audio(Audio(wave[None], rate)).waveform[0]
+        tensors[f"voice.{rate}.mel"] = processor.waveform_to_mel(Audio(wave[None], rate))
+        # Mono: upstream's encoder wants two channels; its front end, per channel, is what dubflow
+        # duplicates into both.
+        tensors[f"voice.{rate}.mono_mel"] = processor.waveform_to_mel(Audio(wave[None, :1], rate))
+    return tensors
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--upstream", type=Path, required=True, help="the LTX-2 checkout (outside this repository)")
+    parser.add_argument("--commit", required=True, help="the full commit id of that checkout")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    import ltx_core
+
+    if not Path(ltx_core.__file__).resolve().is_relative_to(args.upstream.resolve()):
+        raise SystemExit(f"ltx_core comes from {ltx_core.__file__}, not from {args.upstream}: set PYTHONPATH")
+    torch.use_deterministic_algorithms(True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(SEED)
+    state = build_upstream_checkpoint(args.out, generator)
+    build_lora(args.out, state, generator)
+    tensors = {**run_dubit_stages(args.out, torch.Generator().manual_seed(SEED + 1)),
+               **voice_front_end(torch.Generator().manual_seed(SEED + 2))}
+    metadata = {
+        "upstream_commit": args.commit, "fps": repr(FPS), "num_frames": str(NUM_FRAMES), "height": str(HEIGHT),
+        "width": str(WIDTH),
+        "torch": torch.__version__,
+    }
+    save_file({k: v.detach().clone().contiguous() for k, v in tensors.items()}, str(args.out / "reference.safetensors"), metadata=metadata)
+    print(f"wrote {args.out}: {len(tensors)} tensors from upstream {args.commit}")
+
+
+if __name__ == "__main__":
+    main()
