@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from contextlib import AbstractContextManager, nullcontext
@@ -48,6 +49,7 @@ from dubflow.tasks.publish import (
 )
 from dubflow.tasks.qc import qc_key, qc_pair_task
 from dubflow.tasks.remix import remix_key, remix_pair_task
+from dubflow.tasks.review import ReviewedTake, review_page_task
 from dubflow.tasks.separate import separate_key, separate_shot_task, separator_identity, separator_spec
 from dubflow.tasks.stage_cache import CacheRemoteError, StageCache, check_remote
 from dubflow.tasks.subtitles import subtitle_pair_task, subtitles_key
@@ -162,6 +164,7 @@ def localize(
     endpoint_url: str | None = None,
     force: bool = False,
     cache_remote: str | None = None,
+    review_history: list[dict] | None = None,
 ) -> RunSummary:
     """`loudness`: a profile name or custom target (see `parse_loudness_profile`); `allow_qc_warnings`
     delivers pairs whose QC failed with the failures recorded; `prores` adds the ProRes 422 HQ
@@ -170,7 +173,8 @@ def localize(
     for s3:// sources (default: AWS_ENDPOINT_URL, else AWS). Stage results are reused from
     `$DUBFLOW_CACHE/work` when their content inputs are unchanged (`dubflow.tasks.stage_cache`);
     `force` computes every stage again and replaces what is stored. `cache_remote` (default
-    `$DUBFLOW_CACHE_REMOTE`), an s3:// prefix, shares stage results between machines."""
+    `$DUBFLOW_CACHE_REMOTE`), an s3:// prefix, shares stage results between machines.
+    `review_history`: verdicts on earlier takes (`ReviewedTake` fields), shown on the review page."""
     started = time.monotonic()
     loudness_profile = parse_loudness_profile(loudness)
     destination = open_destination(out, endpoint_url)  # a bad --out fails now, not after the GPU work
@@ -260,8 +264,17 @@ def localize(
 
     device_seconds = held_device_seconds(runner) - held_at_start
     outcomes, files, qc_reports = collect(chains)
-    run_dir = publish_task(destination, run_id, files, outcomes,
-                           run_info(validated.path, model_profile, separator, loudness_profile)).location
+    info = run_info(validated.path, model_profile, separator, loudness_profile)
+    # Beside the stage results (shared storage on a cluster), where the publish task can read it.
+    review_dir = cache.root.parent / "review" / cache.run
+    try:
+        files += review_page_task(
+            run_id, rows, dict(validated.shots),
+            {shot_id: future.result() for shot_id, future in separated.items() if future.state.is_completed()},
+            outcomes, files, info["profile"], [ReviewedTake(**take) for take in review_history or []], review_dir)
+        run_dir = publish_task(destination, run_id, files, outcomes, info).location
+    finally:
+        shutil.rmtree(review_dir, ignore_errors=True)
     summary = RunSummary(
         run_dir, tuple(outcomes), model_profile.notice,
         cache.counts((stage, key) for chain in chains for stage, key in chain.keys.items() if key),

@@ -15,7 +15,7 @@ import langcodes
 import pandas as pd
 
 REQUIRED_COLUMNS = ("shot_id", "source", "language", "script")
-OPTIONAL_COLUMNS = ("lock_sha256", "speaker")
+OPTIONAL_COLUMNS = ("lock_sha256", "speaker", "take", "dialogue")
 KNOWN_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 
 SHOT_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -59,6 +59,8 @@ class ManifestRow:
     language: str  # canonical BCP-47 form, e.g. "pt-BR"
     script: str
     speaker: str
+    take: int = 1  # chooses the take's seed: a retake of a rejected pair is the next integer
+    dialogue: str = ""  # as written: supplied dialogue to mix instead of the generated speech, or ""
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -185,6 +187,10 @@ def parse_manifest(path: Path) -> tuple[list[ManifestRow], list[Problem]]:
                     )
                 )
 
+        take, take_problem = parse_take(cell["take"], index)
+        if take_problem:
+            row_problems.append(take_problem)
+
         problems.extend(row_problems)
         if not row_problems:
             rows.append(
@@ -196,6 +202,18 @@ def parse_manifest(path: Path) -> tuple[list[ManifestRow], list[Problem]]:
                     language=language,
                     script=script,
                     speaker=cell["speaker"].strip(),
+                    take=take,
+                    dialogue=cell["dialogue"].strip(),
                 )
             )
     return rows, problems
+
+
+def parse_take(text: str, row: int) -> tuple[int, Problem | None]:
+    """The `take` cell: empty means 1; otherwise a whole number from 1 (Parquet integers arrive as text)."""
+    text = text.strip()
+    if not text:
+        return 1, None
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        return 1, Problem(row, "take", f"{text!r} is not a take number", "give a whole number from 1 (empty means 1)")
+    return int(text), None

@@ -1,0 +1,283 @@
+"""The review loop: the review page of a smoke delivery in a real browser (Debian's chromium through
+selenium and the system chromedriver), the review file it exports, and the retake that follows it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dubflow.flows.cli import main
+from dubflow.flows.localize import localize
+from dubflow.flows.review import ReviewError, plan_retake, read_review_file
+from dubflow.media.files import sha256_file
+from dubflow.media.io import read_frames
+from dubflow.tasks.review import frame_levels
+
+ARTIFACTS = Path(__file__).parent / "artifacts" / "review"  # screenshots kept for people to look at
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+SHOT = "sc01_sh010"  # 72 frames at 24000/1001: a fractional rate is where frame arithmetic goes wrong
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1280,900")
+
+
+@pytest.fixture(scope="module")
+def review_manifest(samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One sample shot in two languages, beside a copy of the samples' pictures (relative sources)."""
+    directory = tmp_path_factory.mktemp("review")
+    shutil.copytree(samples_dir / "shots", directory / "shots")
+    table = pd.read_csv(samples_dir / "manifest.csv", dtype=str, keep_default_na=False)
+    table = table[(table.shot_id == SHOT) & table.language.isin(["fr", "de"])]
+    path = directory / "manifest.csv"
+    table.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_server, review_manifest: Path) -> Path:
+    out = review_manifest.parent / "deliveries"
+    localize(review_manifest, out, run_id="take1")
+    return out / "take1"
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    assert CHROMIUM.is_file() and CHROMEDRIVER.is_file(), "install chromium and chromium-driver (.ci/run does)"
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    downloads = tmp_path_factory.mktemp("downloads")
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    driver.downloads = downloads
+    yield driver
+    driver.quit()
+
+
+def _console_problems(driver) -> list[dict]:
+    return [entry for entry in driver.get_log("browser") if entry["level"] in ("SEVERE", "WARNING")]
+
+
+def _wait(driver, script: str, timeout_s: float = 15.0):
+    """Poll a JavaScript expression until it is truthy; return its value."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = driver.execute_script(f"return {script}")
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {script}")
+
+
+# Both players' positions in one JavaScript turn, and the frame each last presented (collected by
+# this test's own requestVideoFrameCallback, independent of the page's readout).
+_WATCH_FRAMES = """
+window.presented = {};
+for (const video of [document.getElementById('original'), document.getElementById('dub')]) {
+  const tick = (now, metadata) => { window.presented[video.id] = metadata.mediaTime; video.requestVideoFrameCallback(tick); };
+  video.requestVideoFrameCallback(tick);
+}"""
+_POSITIONS = """const o = document.getElementById('original'), d = document.getElementById('dub');
+return {original: o.currentTime, dub: d.currentTime, paused: o.paused && d.paused,
+        presented: Object.assign({}, window.presented), seeking: o.seeking || d.seeking}"""
+
+
+def _settled(driver) -> dict:
+    """Positions once both players have finished seeking and presented a frame at their position."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        state = driver.execute_script(_POSITIONS)
+        presented = state["presented"]
+        if (not state["seeking"] and len(presented) == 2 and
+                all(abs(presented[name] - state[name]) < 0.05 for name in ("original", "dub"))):
+            return state
+        time.sleep(0.05)
+    raise AssertionError(f"players did not settle: {state}")
+
+
+def _frames_shown(state: dict, fps: float) -> tuple[int, int]:
+    return round(state["presented"]["original"] * fps), round(state["presented"]["dub"] * fps)
+
+
+@pytest.fixture(scope="module")
+def browser_review(browser, first_run: Path) -> dict:
+    """Drive the page as a reviewer does; record what the test then asserts."""
+    from selenium.webdriver.common.by import By
+
+    record: dict = {"fps": 24000 / 1001}
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.get((first_run / "review" / "index.html").as_uri())
+    _wait(browser, "document.querySelectorAll('#pairs tr.pair').length")
+    record["index_rows"] = browser.execute_script(
+        "return [...document.querySelectorAll('#pairs tr.pair')].map(r => r.innerText)")
+    record["banner"] = browser.find_element(By.ID, "noise-banner").text
+    record["thumbnails_loaded"] = browser.execute_script(
+        "return [...document.querySelectorAll('#pairs img')].map(i => i.complete && i.naturalWidth > 0)")
+    browser.save_screenshot(str(ARTIFACTS / "index.png"))
+
+    browser.find_element(By.CSS_SELECTOR, f"tr.pair[data-pair='{SHOT}/fr']").click()
+    _wait(browser, "document.getElementById('dub').readyState >= 3 && document.getElementById('original').readyState >= 3")
+    browser.execute_script(_WATCH_FRAMES)
+    record["codecs"] = browser.execute_script(
+        "return document.getElementById('dub').canPlayType('video/mp4; codecs=\"avc1.64001f, mp4a.40.2\"')")
+
+    browser.find_element(By.ID, "play").click()
+    record["playing"] = []
+    for _ in range(8):  # while playing: both clocks read in the same JavaScript turn
+        time.sleep(0.15)
+        record["playing"].append(browser.execute_script(_POSITIONS))
+    browser.find_element(By.ID, "play").click()  # pause
+    record["after_play"] = _settled(browser)
+
+    browser.execute_script("const s = document.getElementById('scrub'); s.value = 40;"
+                           "s.dispatchEvent(new Event('input'));")
+    record["after_seek"] = _settled(browser)
+    browser.find_element(By.ID, "step-forward").click()
+    record["after_step_forward"] = _settled(browser)
+    browser.find_element(By.ID, "step-back").click()
+    browser.find_element(By.ID, "step-back").click()
+    record["after_step_back"] = _settled(browser)
+    record["readout"] = browser.find_element(By.ID, "frame-readout").text
+    record["subtitle"] = browser.execute_script("return document.getElementById('subtitle').textContent")
+    browser.save_screenshot(str(ARTIFACTS / "pair.png"))
+
+    browser.find_element(By.ID, "note").send_keys("good sync")
+    browser.find_element(By.ID, "approve").click()
+    browser.execute_script(f"location.hash = '#pair/{SHOT}/de'")
+    _wait(browser, "document.getElementById('pair-title').textContent.includes(' de ')")
+    browser.find_element(By.ID, "note").send_keys("lips late on the second phrase")
+    browser.find_element(By.ID, "reject").click()
+    browser.execute_script("location.hash = ''")
+    _wait(browser, "document.querySelectorAll('#pairs tr.pair').length")
+    record["review_column"] = browser.execute_script(
+        "return [...document.querySelectorAll('#pairs tr.pair')].map(r => r.lastChild.textContent)")
+    browser.find_element(By.ID, "export").click()
+    review_file = browser.downloads / "review_take1.json"
+    deadline = time.monotonic() + 10
+    while not review_file.is_file() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    record["review_file"] = review_file
+    record["console"] = _console_problems(browser)
+    return record
+
+
+def test_the_review_page_opens_without_console_errors_and_lists_every_pair(browser_review) -> None:
+    assert browser_review["console"] == []
+    rows = browser_review["index_rows"]
+    assert len(rows) == 2 and all(SHOT in row and "delivered" in row and "passed" in row and "LUFS" in row
+                                  for row in rows)
+    assert "noise" in browser_review["banner"]
+    assert browser_review["thumbnails_loaded"] == [True, True]
+    assert browser_review["codecs"] == "probably"  # Debian's chromium plays the H.264 + AAC review copy
+    assert (ARTIFACTS / "index.png").stat().st_size > 0 and (ARTIFACTS / "pair.png").stat().st_size > 0
+
+
+def test_both_players_play_and_stay_within_a_frame(browser_review) -> None:
+    fps = browser_review["fps"]
+    playing = browser_review["playing"]
+    assert playing[-1]["dub"] > playing[0]["dub"] > 0, "the players did not play"
+    for state in playing:
+        assert abs(state["original"] - state["dub"]) < 1 / fps, state
+    state = browser_review["after_play"]
+    assert state["paused"] and abs(state["original"] - state["dub"]) < 1 / fps
+    original, dub = _frames_shown(state, fps)
+    assert original == dub > 0
+
+
+@pytest.mark.parametrize("moment, frame", [("after_seek", 40), ("after_step_forward", 41), ("after_step_back", 39)])
+def test_seek_and_frame_step_show_the_same_exact_frame_in_both_players(browser_review, moment: str,
+                                                                      frame: int) -> None:
+    fps = browser_review["fps"]
+    state = browser_review[moment]
+    assert _frames_shown(state, fps) == (frame, frame), state
+    assert abs(state["original"] - state["dub"]) < 1 / fps
+    if moment == "after_step_back":
+        assert browser_review["readout"].startswith(f"frame {frame + 1} / 72")
+
+
+def test_approve_and_reject_export_a_review_file(browser_review) -> None:
+    assert sorted(browser_review["review_column"]) == ["approved: good sync", "rejected: lips late on the second phrase"]
+    run_id, reviews = read_review_file(browser_review["review_file"])
+    assert run_id == "take1"
+    verdicts = {(r.shot_id, r.language, r.take): (r.verdict, r.note) for r in reviews}
+    assert verdicts == {(SHOT, "fr", 1): ("approved", "good sync"),
+                        (SHOT, "de", 1): ("rejected", "lips late on the second phrase")}
+
+
+def test_a_retake_recomputes_only_the_rejected_pair_and_its_take_differs(
+        browser_review, first_run: Path, review_manifest: Path) -> None:
+    plan = plan_retake(first_run, browser_review["review_file"], review_manifest)
+    assert plan.run_id == "take1-retake1" and plan.retakes == ((SHOT, "de", 2),)
+    written = pd.read_csv(plan.manifest, dtype=str, keep_default_na=False).set_index("language")
+    assert written.loc["de", "take"] == "2" and written.loc["fr", "take"] == ""
+    summary = localize(plan.manifest, first_run.parent, run_id=plan.run_id,
+                       review_history=[vars(take) for take in plan.history])
+    assert summary.cache.computed == {"lipdub": 1, "remix": 1, "mux": 1, "subtitles": 1, "qc": 1}
+    assert summary.cache.reused == {"separate": 1, "lipdub": 1, "remix": 1, "mux": 1, "subtitles": 1, "qc": 1}
+
+    retake_dir = first_run.parent / plan.run_id
+    for language, same in (("fr", True), ("de", False)):
+        old, new = (run / SHOT / language / f"{SHOT}_{language}.mp4" for run in (first_run, retake_dir))
+        assert (sha256_file(old) == sha256_file(new)) is same
+    old_frames, new_frames = (read_frames(run / SHOT / "de" / f"{SHOT}_de.mp4") for run in (first_run, retake_dir))
+    assert old_frames.shape == new_frames.shape and np.abs(old_frames.astype(int) - new_frames).mean() > 1
+
+    page_data = (retake_dir / "review" / "review-data.js").read_text(encoding="utf-8")
+    pairs = {p["language"]: p for p in json.loads(page_data.split("=", 1)[1].rstrip().rstrip(";"))["pairs"]}
+    assert pairs["de"]["take"] == 2 and pairs["fr"]["take"] == 1
+    assert [(h["take"], h["verdict"], h["note"], h["run_id"]) for h in pairs["de"]["history"]] == [
+        (1, "rejected", "lips late on the second phrase", "take1")]
+
+
+def test_a_retake_refuses_a_review_of_another_run_or_manifest(browser_review, first_run: Path,
+                                                             review_manifest: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other.csv"
+    other.write_text(review_manifest.read_text().replace("aube", "aurore"))
+    with pytest.raises(ReviewError, match="is not the manifest run 'take1' was made from"):
+        plan_retake(first_run, browser_review["review_file"], other)
+    review = json.loads(browser_review["review_file"].read_text())
+    (tmp_path / "wrong.json").write_text(json.dumps({**review, "run_id": "elsewhere"}))
+    with pytest.raises(ReviewError, match="reviews run 'elsewhere'"):
+        plan_retake(first_run, tmp_path / "wrong.json", review_manifest)
+    (tmp_path / "bad.json").write_text(json.dumps({**review, "reviews": [{"shot_id": SHOT, "verdict": "maybe"}]}))
+    assert main(["retake", str(first_run), str(tmp_path / "bad.json"), "--manifest", str(review_manifest)]) == 2
+
+
+def test_an_edited_line_goes_into_the_next_manifest(first_run: Path, review_manifest: Path, tmp_path: Path) -> None:
+    review = {"format": "dubflow-review/1", "run_id": "take1", "reviews": [
+        {"shot_id": SHOT, "language": "fr", "take": 1, "verdict": "rejected", "note": "too long",
+         "new_script": "Nous partons à l'aube."}]}
+    (tmp_path / "review.json").write_text(json.dumps(review))
+    plan = plan_retake(first_run, tmp_path / "review.json", review_manifest, run_id="edited")
+    written = pd.read_csv(plan.manifest, dtype=str, keep_default_na=False).set_index("language")
+    assert (written.loc["fr", "script"], written.loc["fr", "take"]) == ("Nous partons à l'aube.", "2")
+    assert written.loc["de", "script"].startswith("Wir brechen")
+
+
+def test_dubflow_review_prints_the_page_and_refuses_what_is_not_a_delivery(first_run: Path, tmp_path: Path,
+                                                                         capsys) -> None:
+    assert main(["review", str(first_run), "--no-open"]) == 0
+    assert capsys.readouterr().out.strip() == (first_run / "review" / "index.html").resolve().as_uri()
+    assert main(["review", str(tmp_path), "--no-open"]) == 2
+    assert "give a run folder that dubflow delivered" in capsys.readouterr().err
+
+
+def test_frame_levels_follow_the_exact_frame_boundaries() -> None:
+    """Three frames at 24000/1001 hold 2002 samples each at 48 kHz: a tone in the second frame only."""
+    audio = np.zeros((1, 3 * 2002), np.float32)
+    audio[0, 2002:4004] = 0.5
+    levels = frame_levels(audio, 3, Fraction(24000, 1001), 48_000)
+    assert levels == [-90.0, round(10 * np.log10(0.25), 1), -90.0]
