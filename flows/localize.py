@@ -48,7 +48,7 @@ from dubflow.tasks.publish import (
     publish_task,
 )
 from dubflow.tasks.qc import qc_key, qc_pair_task
-from dubflow.tasks.remix import remix_key, remix_pair_task
+from dubflow.tasks.remix import remix_key, remix_pair_task, supplied_dialogue
 from dubflow.tasks.review import ReviewedTake, review_page_task
 from dubflow.tasks.separate import separate_key, separate_shot_task, separator_identity, separator_spec
 from dubflow.tasks.stage_cache import CacheRemoteError, StageCache, check_remote
@@ -236,7 +236,8 @@ def localize(
             submit_take(rows[index + 1])
         shot = validated.shots[row.shot_id]
         take, keys = takes[index]
-        keys["remix"] = remix_key(keys["lipdub"], keys["separate"], separator_params, loudness_profile)
+        supplied = supplied_dialogue(validated.path, row)
+        keys["remix"] = remix_key(keys["lipdub"], keys["separate"], separator_params, loudness_profile, supplied)
         keys["mux"] = mux_key("h264", keys["lipdub"], keys["remix"])
         keys["mezzanine"] = mux_key("prores", keys["lipdub"], keys["remix"]) if prores else None
         keys["subtitles"] = subtitles_key(row, keys["remix"])
@@ -245,7 +246,7 @@ def localize(
 
         with gpu_stage(separating_on_gpu):
             remixed = remix_pair_task.submit(take, separated[row.shot_id], shot, separator, loudness_profile, cache,
-                                             keys["remix"])
+                                             keys["remix"], supplied)
         stages = {"separate": separated[row.shot_id], "lipdub": take, "remix": remixed,
                   "mux": mux_pair_task.submit(take, remixed, cache, keys["mux"])}
         if prores:
@@ -335,6 +336,8 @@ def collect(chains: list[PairChain]) -> tuple[list[PairOutcome], list[DeliveryFi
             (qc.report, "_qc.json", "qc"),
             (qc.summary, "_qc.txt", "qc_summary"),
         ]
+        if remixed.generated_dialogue is not None:  # supplied dialogue: LipDub's own speech, for reference
+            pair_files.append((remixed.generated_dialogue, "_dx_generated.wav", "dx_generated"))
         if "mezzanine" in chain.stages:
             pair_files.append((chain.stages["mezzanine"].result(), ".mov", "mezzanine_mov"))
         files += [DeliveryFile(source, f"{prefix}{suffix}", role, row.shot_id, row.language)

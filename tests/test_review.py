@@ -4,7 +4,9 @@ selenium and the system chromedriver), the review file it exports, and the retak
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+import subprocess
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -12,13 +14,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import signal
 
 from dubflow.flows.cli import main
 from dubflow.flows.localize import localize
 from dubflow.flows.review import ReviewError, plan_retake, read_review_file
 from dubflow.media.files import sha256_file
-from dubflow.media.io import read_frames
+from dubflow.manifests.schema import ManifestError
+from dubflow.media.io import read_audio, read_frames
 from dubflow.tasks.review import frame_levels
+from dubflow.tasks.validate import validate_manifest
 
 ARTIFACTS = Path(__file__).parent / "artifacts" / "review"  # screenshots kept for people to look at
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -218,15 +223,19 @@ def test_approve_and_reject_export_a_review_file(browser_review) -> None:
 
 
 def test_a_retake_recomputes_only_the_rejected_pair_and_its_take_differs(
-        browser_review, first_run: Path, review_manifest: Path) -> None:
+        browser_review, first_run: Path, review_manifest: Path, capsys, caplog) -> None:
     plan = plan_retake(first_run, browser_review["review_file"], review_manifest)
     assert plan.run_id == "take1-retake1" and plan.retakes == ((SHOT, "de", 2),)
     written = pd.read_csv(plan.manifest, dtype=str, keep_default_na=False).set_index("language")
     assert written.loc["de", "take"] == "2" and written.loc["fr", "take"] == ""
-    summary = localize(plan.manifest, first_run.parent, run_id=plan.run_id,
-                       review_history=[vars(take) for take in plan.history])
-    assert summary.cache.computed == {"lipdub": 1, "remix": 1, "mux": 1, "subtitles": 1, "qc": 1}
-    assert summary.cache.reused == {"separate": 1, "lipdub": 1, "remix": 1, "mux": 1, "subtitles": 1, "qc": 1}
+
+    capsys.readouterr()
+    caplog.set_level(logging.INFO)
+    assert main(["retake", str(first_run), str(browser_review["review_file"]), "--manifest",
+                 str(review_manifest)]) == 0
+    printed = capsys.readouterr()
+    assert ("computed: lipdub 1, remix 1, mux 1, subtitles 1, qc 1; "
+            "reused: separate 1, lipdub 1, remix 1, mux 1, subtitles 1, qc 1") in printed.out + printed.err + caplog.text
 
     retake_dir = first_run.parent / plan.run_id
     for language, same in (("fr", True), ("de", False)):
@@ -281,3 +290,105 @@ def test_frame_levels_follow_the_exact_frame_boundaries() -> None:
     audio[0, 2002:4004] = 0.5
     levels = frame_levels(audio, 3, Fraction(24000, 1001), 48_000)
     assert levels == [-90.0, round(10 * np.log10(0.25), 1), -90.0]
+
+
+# ---- supplied dialogue ----------------------------------------------------------------------------
+
+MARKER_S = 1.2345  # where the supplied recording's marker chirp starts
+MARKER_LENGTH_S = 0.3
+
+
+def _chirp(t):
+    return 0.5 * np.sin(2 * np.pi * (300 * t + 2000 * t**2))
+
+
+def _write_marker_dialogue(path: Path, seconds: float = 3.0) -> Path:
+    """A 44.1 kHz mono recording, silent but for a chirp at `MARKER_S`, made by the ffmpeg CLI."""
+    expression = (f"if(between(t,{MARKER_S},{MARKER_S + MARKER_LENGTH_S}),"
+                  f"0.5*sin(2*PI*(300*(t-{MARKER_S})+2000*(t-{MARKER_S})^2)),0)")
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    f"aevalsrc=exprs='{expression}':s=44100:d={seconds}", "-c:a", "pcm_s24le", str(path)], check=True)
+    return path
+
+
+def test_supplied_dialogue_is_in_the_mix_at_its_place_over_the_lipdub_picture(
+        prefect_server, first_run: Path, review_manifest: Path) -> None:
+    _write_marker_dialogue(review_manifest.parent / "fr_line.wav")
+    table = pd.read_csv(review_manifest, dtype=str, keep_default_na=False)
+    table["dialogue"] = np.where(table.language == "fr", "fr_line.wav", "")
+    manifest = review_manifest.with_name("supplied.csv")
+    table.to_csv(manifest, index=False)
+    # Allowed QC warnings: the smoke take's speech is noise, so the offset against it is whatever it is.
+    summary = localize(manifest, first_run.parent, run_id="supplied", allow_qc_warnings=True)
+    assert "lipdub" not in summary.cache.computed  # the take itself is reused: the picture is LipDub's
+    # Its mix and what follows from it; QC of both pairs (allowing warnings is part of QC's key).
+    assert summary.cache.computed == {"remix": 1, "mux": 1, "subtitles": 1, "qc": 2}
+
+    pair = first_run.parent / "supplied" / SHOT / "fr"
+    mix, rate = read_audio(pair / f"{SHOT}_fr_mix.wav")
+    bed, _ = read_audio(first_run.parent / "supplied" / SHOT / f"{SHOT}_me.wav")
+    qc = json.loads((pair / f"{SHOT}_fr_qc.json").read_text())
+    # The recording is level-matched to the shot's original dialogue, which on the smoke profile's
+    # random separator is quiet noise: the bed is taken out of the mix (mix = (DX + M&E) × gain) first.
+    dialogue_in_mix = mix.astype(np.float64) / 10 ** (qc["levels"]["mix gain (dB)"] / 20) - bed
+    marker = _chirp(np.arange(int(MARKER_LENGTH_S * rate)) / rate)
+    correlation = signal.correlate(dialogue_in_mix.sum(axis=0), marker, mode="valid", method="fft")
+    found_s = int(np.argmax(np.abs(correlation))) / rate
+    assert abs(found_s - MARKER_S) <= 0.001, found_s
+
+    delivered = read_frames(pair / f"{SHOT}_fr.mp4")
+    take = read_frames(first_run / SHOT / "fr" / f"{SHOT}_fr.mp4")
+    source = read_frames(review_manifest.parent / "shots" / f"{SHOT}.mov")
+    assert delivered.shape == take.shape == source.shape
+    assert np.abs(delivered.astype(int) - take).mean() < 0.5 < np.abs(delivered.astype(int) - source).mean()
+
+    generated, _ = read_audio(pair / f"{SHOT}_fr_dx_generated.wav")
+    dialogue, _ = read_audio(pair / f"{SHOT}_fr_dx.wav")
+    assert generated.shape == dialogue.shape and not np.allclose(generated, dialogue)
+    (offset,) = [c for c in qc["checks"] if c["name"].startswith("supplied dialogue offset")]
+    assert offset["measured"].endswith(("late)", "early)", "aligned)"))
+    assert not (first_run.parent / "supplied" / SHOT / "de" / f"{SHOT}_de_dx_generated.wav").exists()
+
+
+@pytest.mark.parametrize("delay_ms, passed", [(0, True), (30, True), (-40, True), (80, False), (-120, False)])
+def test_the_supplied_dialogue_offset_is_measured_to_a_millisecond(tmp_path: Path, delay_ms: int,
+                                                                   passed: bool) -> None:
+    """Two different voices (different carriers) on one syllable rhythm, one shifted by `delay_ms`."""
+    rate = 48_000
+    t = np.arange(3 * rate) / rate
+    rng = np.random.default_rng(7)
+    starts = np.sort(rng.uniform(0.3, 2.5, 9))
+
+    def voice(carrier_hz: float, shift_s: float) -> np.ndarray:
+        envelope = sum(np.exp(-0.5 * ((t - s - shift_s) / 0.04) ** 2) for s in starts)
+        return (0.3 * envelope * np.sin(2 * np.pi * carrier_hz * t))[None].astype(np.float32)
+
+    from dubflow.media.io import AudioTrack, write_wav
+    from dubflow.tasks.qc import check_supplied_dialogue_offset
+
+    supplied = write_wav(tmp_path / "supplied.wav", AudioTrack(voice(180.0, delay_ms / 1000), rate, "mono"))
+    generated = write_wav(tmp_path / "generated.wav", AudioTrack(voice(240.0, 0.0), rate, "mono"))
+    check = check_supplied_dialogue_offset(supplied, generated)
+    assert check.passed is passed
+    assert int(check.measured.split()[0]) == pytest.approx(delay_ms, abs=1)
+
+
+def test_validation_checks_the_supplied_dialogue_file(review_manifest: Path) -> None:
+    directory = review_manifest.parent
+    _write_marker_dialogue(directory / "long.wav", seconds=4.0)  # the shot lasts 3.003 s
+    (directory / "not_audio.wav").write_text("no audio here")
+    table = pd.read_csv(review_manifest, dtype=str, keep_default_na=False)
+    table["dialogue"] = ["missing.wav", "long.wav"]
+    broken = directory / "broken.csv"
+    table.to_csv(broken, index=False)
+    with pytest.raises(ManifestError) as error:
+        validate_manifest(broken)
+    messages = [(p.row, p.column, p.message) for p in error.value.problems]
+    assert messages[0][:2] == (1, "dialogue") and "missing.wav does not exist" in messages[0][2]
+    assert messages[1][:2] == (2, "dialogue") and "lasts 4.000 s, the shot 3.003 s" in messages[1][2]
+    table["dialogue"] = ["not_audio.wav", "shots/sc01_sh010.mov"]  # a picture with sound is audio enough
+    table.to_csv(broken, index=False)
+    with pytest.raises(ManifestError) as error:
+        validate_manifest(broken)
+    ((row, column, message),) = [(p.row, p.column, p.message) for p in error.value.problems]
+    assert (row, column) == (1, "dialogue") and "is not readable audio" in message
