@@ -336,11 +336,14 @@ def test_supplied_dialogue_is_in_the_mix_at_its_place_over_the_lipdub_picture(
     found_s = int(np.argmax(np.abs(correlation))) / rate
     assert abs(found_s - MARKER_S) <= 0.001, found_s
 
-    delivered = read_frames(pair / f"{SHOT}_fr.mp4")
-    take = read_frames(first_run / SHOT / "fr" / f"{SHOT}_fr.mp4")
+    # The picture is the fr take's, H.264-encoded again (the smoke take is noise, ~3.8 levels apart
+    # between two encodes), not the de take's (~21) nor the source's (~53).
+    delivered = read_frames(pair / f"{SHOT}_fr.mp4").astype(int)
+    take, other_take = (read_frames(first_run / SHOT / lang / f"{SHOT}_{lang}.mp4") for lang in ("fr", "de"))
     source = read_frames(review_manifest.parent / "shots" / f"{SHOT}.mov")
     assert delivered.shape == take.shape == source.shape
-    assert np.abs(delivered.astype(int) - take).mean() < 0.5 < np.abs(delivered.astype(int) - source).mean()
+    assert np.abs(delivered - take).mean() < 8 < 15 < np.abs(delivered - other_take).mean()
+    assert np.abs(delivered - source).mean() > 30
 
     generated, _ = read_audio(pair / f"{SHOT}_fr_dx_generated.wav")
     dialogue, _ = read_audio(pair / f"{SHOT}_fr_dx.wav")
@@ -392,3 +395,23 @@ def test_validation_checks_the_supplied_dialogue_file(review_manifest: Path) -> 
         validate_manifest(broken)
     ((row, column, message),) = [(p.row, p.column, p.message) for p in error.value.problems]
     assert (row, column) == (1, "dialogue") and "is not readable audio" in message
+
+
+@pytest.mark.parametrize("generated_until_s, original_until_s, passed", [
+    (3.0, 2.0, False),  # the new line runs into the cut; the original ended inside the shot
+    (2.5, 2.0, True),  # the new line ends inside the shot
+    (3.0, 3.0, True),  # the original line runs into the cut as well: the shot was cut mid-line
+])
+def test_qc_flags_generated_dialogue_cut_off_at_the_end_of_the_shot(generated_until_s: float, original_until_s: float,
+                                                                   passed: bool) -> None:
+    from dubflow.tasks.qc import check_dialogue_ending
+
+    rate = 48_000
+    t = np.arange(3 * rate) / rate
+
+    def line(until_s: float) -> np.ndarray:
+        return (0.3 * np.sin(2 * np.pi * 200 * t) * ((t >= 0.5) & (t < until_s)))[None].astype(np.float32)
+
+    check = check_dialogue_ending(line(generated_until_s), line(original_until_s), rate)
+    assert check.passed is passed, check
+    assert f"generated: speech until {generated_until_s:.3f} s" in check.measured

@@ -77,7 +77,8 @@
   }
 
   function takeText(pair) {
-    return pair.history.length ? `${pair.take} (after ${pair.history.length} earlier)` : String(pair.take);
+    const rejected = pair.history.filter((take) => take.take < pair.take && take.verdict === "rejected");
+    return rejected.length ? `${pair.take} (${rejected.length} rejected before)` : String(pair.take);
   }
 
   function renderCount() {
