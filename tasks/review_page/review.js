@@ -135,13 +135,25 @@
 
     async play() {
       if (this.frame() >= this.frameCount - 1) this.seekFrame(0);
-      for (const node of this.followers) node.currentTime = this.master.currentTime;
       this.playing = true;
-      try {
-        await Promise.all(this.media.map((node) => node.play()));
-      } catch (error) {
+      this.changed();
+      await this.startTogether();
+    }
+
+    async startTogether() {
+      // Every follower seeks to the master's position first, then all start in the same turn.
+      const time = this.master.currentTime;
+      await Promise.all(this.followers.map((node) => seekTo(node, time)));
+      if (!this.playing || this.closed) return;
+      const results = await Promise.all(this.media.map((node) => {
+        node.playbackRate = 1;
+        return node.play().then(() => null, (error) => error);
+      }));
+      // A pause during the start interrupts play() (AbortError): that is not a failure.
+      const failure = results.find((error) => error && error.name !== "AbortError");
+      if (failure) {
         this.pause();
-        $("frame-readout").textContent = `cannot play: ${error.message}`;
+        $("frame-readout").textContent = `cannot play: ${failure.message}`;
       }
       this.changed();
     }
@@ -163,21 +175,27 @@
     }
 
     follow() {
-      // A follower more than two frames off jumps back in place; a smaller drift is taken out by
-      // running it up to 10 % faster or slower until it is within a tenth of a frame.
+      // A drift under one frame is taken out by running the follower up to 25 % faster or slower
+      // until it is within a tenth of a frame; a follower further off (its decoder stalled, on a
+      // busy machine) makes every player stop on the master's frame and start again together.
+      if (this.resyncing) return;
       const clock = this.master.currentTime;
       for (const node of this.followers) {
         if (node.paused || !node.src) continue;
         const drift = node.currentTime - clock;
-        if (Math.abs(drift) > 2 / this.fps) {
-          node.currentTime = clock;
-          node.playbackRate = 1;
-        } else if (Math.abs(drift) > 0.1 / this.fps) {
-          node.playbackRate = 1 - Math.max(-0.1, Math.min(0.1, drift * 2));
-        } else {
-          node.playbackRate = 1;
+        if (Math.abs(drift) > 1 / this.fps) {
+          this.resync();
+          return;
         }
+        node.playbackRate = Math.abs(drift) > 0.1 / this.fps ? 1 - Math.max(-0.25, Math.min(0.25, drift * 4)) : 1;
       }
+    }
+
+    async resync() {
+      this.resyncing = true;
+      for (const node of this.media) node.pause();
+      await this.startTogether();
+      this.resyncing = false;
     }
 
     ended() {
@@ -214,6 +232,15 @@
       for (const remove of this.listeners) remove();
       for (const node of this.media) node.pause();
     }
+  }
+
+  function seekTo(node, time) {
+    // Resolves once `node` has finished seeking to `time` (at once when it has no source).
+    if (!node.src) return Promise.resolve();
+    return new Promise((resolve) => {
+      node.addEventListener("seeked", resolve, { once: true });
+      node.currentTime = time;
+    });
   }
 
   // ---- pair view ------------------------------------------------------------------------------
