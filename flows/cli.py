@@ -129,7 +129,7 @@ def _review_parsers(commands: argparse._SubParsersAction) -> None:
     retake.add_argument("--manifest", type=Path, required=True, help="the manifest the reviewed run was made from")
     retake.add_argument("--out", default=None, help="delivery folder or s3://bucket/prefix (default: the run's folder)")
     retake.add_argument("--run-id", default=None, help="name of the new run (default: RUN's id + -retakeN)")
-    retake.add_argument("--profile", default="smoke", help="model profile, as the reviewed run's (default: smoke)")
+    retake.add_argument("--profile", default=None, help="model profile (default: the reviewed run's)")
     _endpoint_option(retake)
     _delivery_options(retake)
 
@@ -147,7 +147,7 @@ def _review_command(args: argparse.Namespace) -> int:
         return 2
     print(f"next manifest {plan.manifest}: " + (", ".join(f"{shot}/{language} take {take}"
                                                         for shot, language, take in plan.retakes) or "no rejected pairs"))
-    return _run(plan.manifest, args.out or args.run.parent, None, args.profile, plan.run_id,
+    return _run(plan.manifest, args.out or args.run.parent, None, args.profile or plan.profile, plan.run_id,
                 endpoint_url=args.endpoint_url, review_history=[vars(take) for take in plan.history], **_delivery(args))
 
 

@@ -76,6 +76,7 @@ class RetakePlan:
     run_id: str  # of the next run
     history: list[ReviewedTake]  # every verdict so far, for the next review page
     retakes: tuple[tuple[str, str, int], ...]  # (shot, language, new take) of the rejected pairs
+    profile: str  # the reviewed run's model profile
 
 
 def plan_retake(run_dir: Path, review_file: Path, manifest: Path, run_id: str | None = None) -> RetakePlan:
@@ -115,7 +116,7 @@ def plan_retake(run_dir: Path, review_file: Path, manifest: Path, run_id: str | 
     out = manifest.with_name(f"{manifest.stem}.{next_run}.csv")  # beside it: relative sources still resolve
     table.to_csv(out, index=False)
     history = load_history(run_dir) + [ReviewedTake(**{**asdict(r), "run_id": delivery["run_id"]}) for r in reviews]
-    return RetakePlan(out, next_run, history, tuple(retakes))
+    return RetakePlan(out, next_run, history, tuple(retakes), delivery["profile"]["name"])
 
 
 def _next_run_id(run_id: str) -> str:
