@@ -60,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     download = model_commands.add_parser("download", help="fetch the base and the gated IC-LoRA (token: $HF_TOKEN)")
     download.add_argument("dir", type=Path)
 
+    _review_parsers(commands)
+
     demo = commands.add_parser("demo", help="generate sample shots and localize them on the smoke profile")
     demo.add_argument("--dir", type=Path, default=Path("dubflow-demo"), help="where samples and deliveries go")
     _delivery_options(demo)
@@ -86,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     **_delivery(args), **separator)
     if args.command == "models":
         return _models(args)
+    if args.command in ("review", "retake"):
+        return _review_command(args)
     if args.command == "demo":
         manifest_path = _sample(args.dir / "samples")
         print(f"sample shots in {manifest_path.parent}")
@@ -117,6 +121,38 @@ def _run(manifest: Path, out: str | Path, languages: list[str] | None, profile: 
     from dubflow.flows.localize import run_localization
 
     return run_localization(manifest, out, languages=languages, profile_name=profile, run_id=run_id, **options)
+
+
+def _review_parsers(commands: argparse._SubParsersAction) -> None:
+    review = commands.add_parser("review", help="open a delivery's review page (no server needed)")
+    review.add_argument("run", help="a delivered run folder (download an S3 delivery first)")
+    review.add_argument("--no-open", action="store_true", help="print the page's URL without opening a browser")
+    retake = commands.add_parser("retake", help="run the rejected pairs of a review file again, with their next take")
+    retake.add_argument("run", type=Path, help="the delivered run folder that was reviewed")
+    retake.add_argument("review_file", type=Path, help="the review file exported by the run's review page")
+    retake.add_argument("--manifest", type=Path, required=True, help="the manifest the reviewed run was made from")
+    retake.add_argument("--out", default=None, help="delivery folder or s3://bucket/prefix (default: the run's folder)")
+    retake.add_argument("--run-id", default=None, help="name of the new run (default: RUN's id + -retakeN)")
+    retake.add_argument("--profile", default=None, help="model profile (default: the reviewed run's)")
+    _endpoint_option(retake)
+    _delivery_options(retake)
+
+
+def _review_command(args: argparse.Namespace) -> int:
+    from dubflow.flows.review import ReviewError, open_review, plan_retake
+
+    try:
+        if args.command == "review":
+            print(open_review(args.run, open_browser=not args.no_open))
+            return 0
+        plan = plan_retake(args.run, args.review_file, args.manifest, args.run_id)
+    except ReviewError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"next manifest {plan.manifest}: " + (", ".join(f"{shot}/{language} take {take}"
+                                                        for shot, language, take in plan.retakes) or "no rejected pairs"))
+    return _run(plan.manifest, args.out or args.run.parent, None, args.profile or plan.profile, plan.run_id,
+                endpoint_url=args.endpoint_url, review_history=[vars(take) for take in plan.history], **_delivery(args))
 
 
 def _delivery_options(parser: argparse.ArgumentParser) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from contextlib import AbstractContextManager, nullcontext
@@ -47,7 +48,8 @@ from dubflow.tasks.publish import (
     publish_task,
 )
 from dubflow.tasks.qc import qc_key, qc_pair_task
-from dubflow.tasks.remix import remix_key, remix_pair_task
+from dubflow.tasks.remix import remix_key, remix_pair_task, supplied_dialogue
+from dubflow.tasks.review import ReviewedTake, review_page_task
 from dubflow.tasks.separate import separate_key, separate_shot_task, separator_identity, separator_spec
 from dubflow.tasks.stage_cache import CacheRemoteError, StageCache, check_remote
 from dubflow.tasks.subtitles import subtitle_pair_task, subtitles_key
@@ -163,6 +165,7 @@ def localize(
     force: bool = False,
     cache_remote: str | None = None,
     strict_fit: bool = False,
+    review_history: list[dict] | None = None,
 ) -> RunSummary:
     """`loudness`: a profile name or custom target (see `parse_loudness_profile`); `allow_qc_warnings`
     delivers pairs whose QC failed with the failures recorded; `prores` adds the ProRes 422 HQ
@@ -172,7 +175,8 @@ def localize(
     `$DUBFLOW_CACHE/work` when their content inputs are unchanged (`dubflow.tasks.stage_cache`);
     `force` computes every stage again and replaces what is stored. `cache_remote` (default
     `$DUBFLOW_CACHE_REMOTE`), an s3:// prefix, shares stage results between machines. `strict_fit`
-    makes a line too long for its shot an error instead of a warning."""
+    makes a line too long for its shot an error instead of a warning. `review_history`: verdicts on
+    earlier takes (`ReviewedTake` fields), shown on the review page."""
     started = time.monotonic()
     loudness_profile = parse_loudness_profile(loudness)
     destination = open_destination(out, endpoint_url)  # a bad --out fails now, not after the GPU work
@@ -236,7 +240,8 @@ def localize(
             submit_take(rows[index + 1])
         shot = validated.shots[row.shot_id]
         take, keys = takes[index]
-        keys["remix"] = remix_key(keys["lipdub"], keys["separate"], separator_params, loudness_profile)
+        supplied = supplied_dialogue(validated.path, row)
+        keys["remix"] = remix_key(keys["lipdub"], keys["separate"], separator_params, loudness_profile, supplied)
         keys["mux"] = mux_key("h264", keys["lipdub"], keys["remix"])
         keys["mezzanine"] = mux_key("prores", keys["lipdub"], keys["remix"]) if prores else None
         keys["subtitles"] = subtitles_key(row, keys["remix"])
@@ -245,7 +250,7 @@ def localize(
 
         with gpu_stage(separating_on_gpu):
             remixed = remix_pair_task.submit(take, separated[row.shot_id], shot, separator, loudness_profile, cache,
-                                             keys["remix"])
+                                             keys["remix"], supplied)
         stages = {"separate": separated[row.shot_id], "lipdub": take, "remix": remixed,
                   "mux": mux_pair_task.submit(take, remixed, cache, keys["mux"])}
         if prores:
@@ -264,8 +269,17 @@ def localize(
 
     device_seconds = held_device_seconds(runner) - held_at_start
     outcomes, files, qc_reports = collect(chains)
-    run_dir = publish_task(destination, run_id, files, outcomes,
-                           run_info(validated.path, model_profile, separator, loudness_profile)).location
+    info = run_info(validated.path, model_profile, separator, loudness_profile)
+    # Beside the stage results (shared storage on a cluster), where the publish task can read it.
+    review_dir = cache.root.parent / "review" / cache.run
+    try:
+        files += review_page_task(
+            run_id, rows, dict(validated.shots),
+            {shot_id: future.result() for shot_id, future in separated.items() if future.state.is_completed()},
+            outcomes, files, info["profile"], [ReviewedTake(**take) for take in review_history or []], review_dir)
+        run_dir = publish_task(destination, run_id, files, outcomes, info).location
+    finally:
+        shutil.rmtree(review_dir, ignore_errors=True)
     summary = RunSummary(
         run_dir, tuple(outcomes), model_profile.notice,
         cache.counts((stage, key) for chain in chains for stage, key in chain.keys.items() if key),
@@ -326,6 +340,8 @@ def collect(chains: list[PairChain]) -> tuple[list[PairOutcome], list[DeliveryFi
             (qc.report, "_qc.json", "qc"),
             (qc.summary, "_qc.txt", "qc_summary"),
         ]
+        if remixed.generated_dialogue is not None:  # supplied dialogue: LipDub's own speech, for reference
+            pair_files.append((remixed.generated_dialogue, "_dx_generated.wav", "dx_generated"))
         if "mezzanine" in chain.stages:
             pair_files.append((chain.stages["mezzanine"].result(), ".mov", "mezzanine_mov"))
         files += [DeliveryFile(source, f"{prefix}{suffix}", role, row.shot_id, row.language)

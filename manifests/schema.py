@@ -24,7 +24,7 @@ import langcodes
 import pandas as pd
 
 REQUIRED_COLUMNS = ("shot_id", "source", "language", "script")
-OPTIONAL_COLUMNS = ("lock_sha256", "speaker")
+OPTIONAL_COLUMNS = ("lock_sha256", "speaker", "take", "dialogue")
 KNOWN_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 
 SHOT_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -88,6 +88,8 @@ class ManifestRow:
     language: str  # canonical BCP-47 form, e.g. "pt-BR"
     script: str
     speaker: str
+    take: int = 1  # chooses the take's seed: a retake of a rejected pair is the next integer
+    dialogue: str = ""  # as written: supplied dialogue to mix instead of the generated speech, or ""
 
 
 @dataclass(frozen=True)
@@ -342,6 +344,10 @@ def parse_table(table: Table) -> tuple[list[ManifestRow], list[Problem]]:
                     )
                 )
 
+        take, take_problem = parse_take(cell["take"], index)
+        if take_problem:
+            row_problems.append(take_problem)
+
         problems.extend(row_problems)
         if not row_problems:
             rows.append(
@@ -353,6 +359,8 @@ def parse_table(table: Table) -> tuple[list[ManifestRow], list[Problem]]:
                     language=language,
                     script=script,
                     speaker=cell["speaker"].strip(),
+                    take=take,
+                    dialogue=cell["dialogue"].strip(),
                 )
             )
     return rows, problems
@@ -367,3 +375,13 @@ def _foreign_separator(columns: tuple[str, ...]) -> str | None:
             (first_at, first), (second_at, _) = found[0], found[1]
             return cell[first_at + len(first):second_at] or None
     return None
+
+
+def parse_take(text: str, row: int) -> tuple[int, Problem | None]:
+    """The `take` cell: empty means 1; otherwise a whole number from 1 (Parquet integers arrive as text)."""
+    text = text.strip()
+    if not text:
+        return 1, None
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        return 1, Problem(row, "take", f"{text!r} is not a take number", "give a whole number from 1 (empty means 1)")
+    return int(text), None

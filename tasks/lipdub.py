@@ -48,9 +48,11 @@ class DubbedTake:
     memory_mode: str = "standard"  # or "low-memory": the take was redone after running out of GPU memory
 
 
-def pair_seed(shot: Shot, language: str) -> int:
-    """Stable per (picture content, language): a re-run regenerates the same take."""
-    return int.from_bytes(hashlib.sha256(f"{shot.sha256}/{language}".encode()).digest()[:4], "big")
+def pair_seed(shot: Shot, language: str, take: int = 1) -> int:
+    """Stable per (picture content, language, take): a re-run regenerates the same take, the next
+    take number draws another. Take 1 keeps the seed dubflow always used, so stored takes stay valid."""
+    name = f"{shot.sha256}/{language}" if take == 1 else f"{shot.sha256}/{language}/take{take}"
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big")
 
 
 def row_prompt(row: ManifestRow) -> str:
@@ -82,7 +84,7 @@ def lipdub_key(shot: Shot, row: ManifestRow, profile: ModelProfile, model_identi
     return stage_key(
         # The shot id too: it is in the result and in every downstream file name.
         "lipdub", LIPDUB_VERSION, shot_id=shot.shot_id, picture=shot.sha256,
-        script=row.script, speaker=row.speaker, language=row.language, seed=pair_seed(shot, row.language),
+        script=row.script, speaker=row.speaker, language=row.language, seed=pair_seed(shot, row.language, row.take),
         model=model_identity,
         # How the model runs changes its numbers: device (and with it the dtype), kernels, height cap.
         device=profile.device, kernels=asdict(profile.kernels), max_height=profile.max_height,
@@ -109,7 +111,7 @@ def lipdub_pair(
     source = SourceShot(
         read_frames(shot.source), shot.media.fps, voice_reference(audio, shot.media.audio[0].layout), sample_rate
     )
-    prompt, seed = row_prompt(row), pair_seed(shot, row.language)
+    prompt, seed = row_prompt(row), pair_seed(shot, row.language, row.take)
     # The device is held only for the model's work: reading and writing media leave it to the next take.
     with lease_device(profile.device, affinity=shot.sha256) as device:
         model = load_lipdub(profile, device)

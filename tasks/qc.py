@@ -52,7 +52,13 @@ AV_OFFSET_TOLERANCE_MS = 1.0
 _AV_SEARCH_MS = 250.0  # beyond ITU-R BT.1359's +45/−125 ms detectability either way
 _AV_WINDOW_S = 10.0  # the opening seconds are enough to find an offset
 _FULL_SCALE = 1.0 - 2.0**-23  # the largest positive 24-bit sample
-QC_VERSION = 1  # bump when the checks or the report change for the same inputs
+# Supplied dialogue against the generated speech the lips follow: ITU-R BT.1359's detectability threshold
+# for sound ahead of picture (45 ms), applied both ways (stricter than the 125 ms it allows sound behind).
+SUPPLIED_DIALOGUE_OFFSET_TOLERANCE_MS = 45.0
+_OFFSET_SEARCH_MS = 500  # a line shifted further than this is not the same take
+CUT_OFF_TAIL_S = 0.1  # speech in the shot's last 100 ms runs into the cut
+_ENVELOPE_SMOOTH_MS = 10  # syllable-scale envelope: fine structure differs between two voices
+QC_VERSION = 2  # bump when the checks or the report change for the same inputs
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,7 @@ class PairDeliverables:
     original_dialogue: Path  # the source's DX: with `bed` it must give back the source soundtrack
     subtitles: SubtitleFiles
     mezzanine: Path | None = None
+    generated_dialogue: Path | None = None  # LipDub's own speech when `dialogue` is a supplied recording
 
 
 @dataclass(frozen=True)
@@ -272,6 +279,61 @@ def check_subtitles(subtitles: SubtitleFiles, duration: Fraction) -> list[Check]
     return checks
 
 
+def dialogue_envelope(audio: np.ndarray, rate: int) -> np.ndarray:
+    """Level of the channel sum in 1 ms steps (RMS), smoothed over `_ENVELOPE_SMOOTH_MS`, mean removed."""
+    hop = rate // 1000
+    mono = audio.astype(np.float64).sum(axis=0)
+    blocks = mono[: mono.shape[0] // hop * hop].reshape(-1, hop)
+    envelope = np.sqrt(np.mean(np.square(blocks), axis=1))
+    envelope = np.convolve(envelope, np.ones(_ENVELOPE_SMOOTH_MS) / _ENVELOPE_SMOOTH_MS, mode="same")
+    return envelope - envelope.mean()
+
+
+def envelope_offset_ms(supplied: np.ndarray, generated: np.ndarray, rate: int) -> float | None:
+    """How late (ms, to 1 ms) the supplied dialogue runs against the generated speech the lips follow:
+    the lag of the best match of their envelopes within ±`_OFFSET_SEARCH_MS`. None when either is silent."""
+    a, b = dialogue_envelope(supplied, rate), dialogue_envelope(generated, rate)
+    if not np.any(a) or not np.any(b):
+        return None
+    correlation = signal.correlate(a, b, mode="full", method="fft")
+    lags = signal.correlation_lags(a.shape[0], b.shape[0], mode="full")
+    window = np.abs(lags) <= _OFFSET_SEARCH_MS
+    return float(lags[window][np.argmax(correlation[window])])
+
+
+def check_supplied_dialogue_offset(supplied: Path, generated: Path) -> Check:
+    """The supplied dialogue against LipDub's own speech: the lips were drawn for the latter."""
+    audio, rate = read_audio(supplied)
+    reference, _ = read_audio(generated)  # both written by the remix at 48 kHz
+    offset = envelope_offset_ms(audio, reference, rate)
+    name, expected = "supplied dialogue offset against the generated speech", \
+        f"0 ± {SUPPLIED_DIALOGUE_OFFSET_TOLERANCE_MS:g} ms (envelope cross-correlation)"
+    if offset is None:
+        return Check(name, False, "unmeasurable: one of them is silent", expected)
+    return Check(name, abs(offset) <= SUPPLIED_DIALOGUE_OFFSET_TOLERANCE_MS,
+                 f"{offset:+.0f} ms ({'late' if offset > 0 else 'early' if offset < 0 else 'aligned'})", expected)
+
+
+def check_dialogue_ending(generated: np.ndarray, original: np.ndarray, rate: int) -> Check:
+    """Generated speech still going in the shot's last `CUT_OFF_TAIL_S` is a line the cut chops off,
+    unless the original line runs into the cut too (then the shot was cut mid-line on purpose)."""
+    def last_end(audio: np.ndarray) -> int | None:
+        regions = dialogue_regions(audio, rate)
+        return regions[-1][1] if regions else None
+
+    tail = round(CUT_OFF_TAIL_S * rate)
+    new_end, original_end = last_end(generated), last_end(original)
+    new_runs_on = new_end is not None and new_end > generated.shape[1] - tail
+    original_runs_on = original_end is not None and original_end > original.shape[1] - tail
+
+    def describe(end: int | None) -> str:
+        return "no speech" if end is None else f"speech until {end / rate:.3f} s"
+
+    return Check("generated dialogue ends inside the shot", not new_runs_on or original_runs_on,
+                 f"generated: {describe(new_end)}; original: {describe(original_end)}; shot {generated.shape[1] / rate:.3f} s",
+                 f"speech ends before the last {CUT_OFF_TAIL_S * 1000:g} ms, unless the original line runs into the cut")
+
+
 def qc_pair(
     shot: Shot,
     language: str,
@@ -295,6 +357,12 @@ def qc_pair(
     checks.append(check_dialogue_present(dialogue, dialogue_rate))
     checks.append(check_separation(shot.source, files.original_dialogue, files.bed))
     checks += check_subtitles(files.subtitles, duration)
+    generated = dialogue
+    if files.generated_dialogue is not None:
+        checks.append(check_supplied_dialogue_offset(files.dialogue, files.generated_dialogue))
+        generated, _ = read_audio(files.generated_dialogue)
+    original_dialogue, _ = read_audio(files.original_dialogue)
+    checks.append(check_dialogue_ending(generated, original_dialogue, dialogue_rate))
     return QCReport(shot.shot_id, language, profile, tuple(checks), allow_warnings, dict(levels or {}))
 
 
@@ -342,7 +410,7 @@ def qc_deliverables(
     """Write the QC report and summary into `out_dir`; fail the pair when a check fails, unless
     warnings are allowed (then the failures are recorded and the pair is delivered)."""
     files = PairDeliverables(review_copy, remixed.mix, remixed.dialogue, separated.bed, separated.dialogue,
-                             subtitles, mezzanine)
+                             subtitles, mezzanine, remixed.generated_dialogue)
     levels = {
         "original dialogue loudness (LUFS)": remixed.original_dialogue_lufs,
         "new dialogue gain (dB)": remixed.dialogue_gain_db,

@@ -17,7 +17,9 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from dubflow.models.separator import SeparatorSpec
+from dubflow.manifests.schema import ManifestRow, resolve_source
+from dubflow.models.separator import SeparatorSpec, resample_to_delivery
+from dubflow.media.files import sha256_file
 from dubflow.media.audio import (
     EBU_R128,
     LoudnessProfile,
@@ -63,6 +65,25 @@ class RemixedPair:
     dialogue_gain_db: float  # applied to the isolated new dialogue to match the original dialogue's loudness
     mix_gain_db: float  # applied to dialogue + bed to reach the loudness target
     mix_lufs: float | None  # as the profile measures it, after the limiter
+    # With supplied dialogue (the manifest's `dialogue` column) `dialogue` is that recording and this is
+    # LipDub's own speech, level-matched the same way: what the lips follow, kept for the reviewer and QC.
+    generated_dialogue: Path | None = None
+
+
+@dataclass(frozen=True)
+class SuppliedDialogue:
+    """A row's own dialogue file, mixed instead of the generated speech."""
+
+    path: Path
+    sha256: str
+
+
+def supplied_dialogue(manifest_path: Path, row: ManifestRow) -> SuppliedDialogue | None:
+    """The row's `dialogue` file (validated by `check_supplied_dialogue`), or None when it has none."""
+    if not row.dialogue:
+        return None
+    path = resolve_source(manifest_path, row.dialogue)
+    return SuppliedDialogue(path, sha256_file(path))
 
 
 def place_dialogue(new_dialogue: np.ndarray, channels: int, dialogue_channels: tuple[int, ...]) -> np.ndarray:
@@ -93,11 +114,13 @@ def overlay(dialogue: np.ndarray, bed: np.ndarray) -> np.ndarray:
     return (summed / PCM24_MAX).astype(np.float32)
 
 
-def remix_key(lipdub_key: str, separate_key: str, separator_params: dict, loudness: LoudnessProfile) -> str:
+def remix_key(lipdub_key: str, separate_key: str, separator_params: dict, loudness: LoudnessProfile,
+              supplied: SuppliedDialogue | None = None) -> str:
     """`separator_params`: the run's `separator_identity(...)` (remix separates the generated audio).
-    The shot's picture length and sound come in through the upstream keys."""
+    The shot's picture length and sound come in through the upstream keys, supplied dialogue by content."""
+    inputs = {"supplied_dialogue": supplied.sha256} if supplied else {}  # absent: keys of earlier runs hold
     return stage_key("remix", REMIX_VERSION, lipdub=lipdub_key, separate=separate_key, separator=separator_params,
-                     loudness=asdict(loudness))
+                     loudness=asdict(loudness), **inputs)
 
 
 def remix_pair(
@@ -107,19 +130,31 @@ def remix_pair(
     out_dir: Path,
     separator: SeparatorSpec,
     loudness: LoudnessProfile = EBU_R128,
+    supplied: SuppliedDialogue | None = None,
 ) -> RemixedPair:
+    """With `supplied`, that recording (conformed to 48 kHz and the picture's length) is the new
+    dialogue and LipDub's own speech is written beside it as `_dx_generated.wav`."""
     samples = picture_samples(shot.media.frame_count, shot.media.fps, DELIVERY_SAMPLE_RATE)
     generated, rate = read_audio(take.audio)
     with separator.leased() as model:
         speech = model.separate(generated, rate, audio_layout_name(generated.shape[0])).dialogue
     bed, _ = read_audio(separated.bed)
     bed = fit_length(bed, samples)
-    dialogue = place_dialogue(fit_length(speech, samples), bed.shape[0], separated.dialogue_channels)
-
     original_dialogue, _ = read_audio(separated.dialogue)
     original_lufs = integrated_loudness(fit_length(original_dialogue, samples), DELIVERY_SAMPLE_RATE)
-    dialogue_gain_db = _gain_to_match(dialogue, original_lufs)
-    dialogue = dialogue * np.float32(db_to_gain(dialogue_gain_db))
+
+    def matched(audio: np.ndarray) -> tuple[np.ndarray, float]:
+        """`audio` where the original dialogue lived, at the original dialogue's loudness, and the gain."""
+        placed = place_dialogue(fit_length(audio, samples), bed.shape[0], separated.dialogue_channels)
+        gain_db = _gain_to_match(placed, original_lufs)
+        return placed * np.float32(db_to_gain(gain_db)), gain_db
+
+    generated_speech, generated_gain_db = matched(speech)
+    if supplied is None:
+        dialogue, dialogue_gain_db = generated_speech, generated_gain_db
+    else:
+        own, own_rate = read_audio(supplied.path)
+        dialogue, dialogue_gain_db = matched(resample_to_delivery(own, own_rate))
     regions = dialogue_regions(dialogue, DELIVERY_SAMPLE_RATE) if loudness.dialogue_gated else None
     mix, mix_gain_db = mix_to_profile(overlay(dialogue, bed), DELIVERY_SAMPLE_RATE, loudness, regions)
 
@@ -136,6 +171,8 @@ def remix_pair(
         dialogue_gain_db=dialogue_gain_db,
         mix_gain_db=mix_gain_db,
         mix_lufs=program_loudness(mix, DELIVERY_SAMPLE_RATE, loudness, regions),
+        generated_dialogue=None if supplied is None else write_wav(
+            pair_dir / f"{prefix}_dx_generated.wav", AudioTrack(generated_speech, DELIVERY_SAMPLE_RATE, separated.layout)),
     )
 
 
@@ -151,7 +188,7 @@ def _gain_to_match(audio: np.ndarray, target_lufs: float | None) -> float:
       **STAGE_RETRIES)
 def remix_pair_task(
     take: DubbedTake, separated: SeparatedShot, shot: Shot, separator: SeparatorSpec, loudness: LoudnessProfile,
-    cache: StageCache, key: str,
+    cache: StageCache, key: str, supplied: SuppliedDialogue | None = None,
 ) -> RemixedPair:
     return cache.result("remix", key, RemixedPair,
-                        lambda out_dir: remix_pair(take, separated, shot, out_dir, separator, loudness))
+                        lambda out_dir: remix_pair(take, separated, shot, out_dir, separator, loudness, supplied))

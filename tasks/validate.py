@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
+import av
+
 from dubflow.manifests.schema import (
     ManifestError,
     ManifestRow,
@@ -27,7 +29,7 @@ from dubflow.manifests.schema import (
 )
 from dubflow.manifests.speech_rate import MAX_NATURAL_RATE, line_length
 from dubflow.media.files import sha256_file
-from dubflow.media.io import MediaError, MediaInfo, probe
+from dubflow.media.io import MediaError, MediaInfo, probe, read_audio
 from dubflow.tasks.storage import (
     S3UriError,
     StorageError,
@@ -38,6 +40,9 @@ from dubflow.tasks.storage import (
     parse_s3_uri,
     s3_client,
 )
+
+
+DIALOGUE_OVERRUN_S = 0.5  # how much longer than its shot a supplied dialogue file may be (room tone, a tail)
 
 
 @dataclass(frozen=True)
@@ -157,6 +162,8 @@ def validate_manifest(
             problem = line_fit_problem(row, shots[row.shot_id])
             if problem is not None:
                 (problems if strict_fit else warnings).append(problem)
+    problems += [problem for row in rows if row.dialogue and row.shot_id in shots
+                 if (problem := check_supplied_dialogue(path, row, shots[row.shot_id])) is not None]
     if problems:
         raise ManifestError(path, sorted(problems, key=lambda problem: problem.row or 0), warnings)
     kept = tuple(row for row in rows if wanted is None or row.language in wanted)
@@ -188,6 +195,30 @@ def line_fit_problem(row: ManifestRow, shot: Shot) -> Problem | None:
         f"{MAX_NATURAL_RATE:g} {unit}/s a speaker says naturally",
         f"shorten the line to about {math.floor(MAX_NATURAL_RATE * seconds)} {unit}, or give it a longer shot",
     )
+
+
+def check_supplied_dialogue(manifest_path: Path, row: ManifestRow, shot: Shot) -> Problem | None:
+    """A row's `dialogue` file: a local file (relative to the manifest, like `source`) with an audio
+    stream that is at most `DIALOGUE_OVERRUN_S` longer than the shot (the mix trims it to the picture)."""
+    if is_s3_uri(row.dialogue) or looks_like_url(row.dialogue):
+        return Problem(row.row, "dialogue", "supplied dialogue must be a local file",
+                       "download it and give its path (relative paths start at the manifest's folder)")
+    audio = resolve_source(manifest_path, row.dialogue)
+    if not audio.is_file():
+        return Problem(row.row, "dialogue", f"{audio} does not exist",
+                       "fix the path (relative paths start at the manifest's folder)")
+    try:
+        samples, rate = read_audio(audio)
+    except (MediaError, av.error.FFmpegError, OSError) as exc:
+        return Problem(row.row, "dialogue", f"{audio} is not readable audio ({exc})", "export it as WAV or FLAC")
+    if samples.shape[1] == 0:
+        return Problem(row.row, "dialogue", f"{audio} holds no audio", "export the recorded line again")
+    seconds, shot_seconds = samples.shape[1] / rate, float(shot.media.duration)
+    if seconds > shot_seconds + DIALOGUE_OVERRUN_S:
+        return Problem(row.row, "dialogue", f"{audio} lasts {seconds:.3f} s, the shot {shot_seconds:.3f} s",
+                       f"trim it to the shot (at most {DIALOGUE_OVERRUN_S:g} s longer; the mix cuts it at the "
+                       "picture's last frame)")
+    return None
 
 
 class _S3Sources:

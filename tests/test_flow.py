@@ -143,7 +143,7 @@ def test_delivery_manifest_hashes_match_the_files(flow_run) -> None:
     assert {e["path"] for e in delivery["files"] if e["role"] == "me"} == {
         "sc01_sh010/sc01_sh010_me.wav", "sc02_sh010/sc02_sh010_me.wav"}
     roles = {e["role"] for e in delivery["files"] if e["language"] == "fr" and e["shot_id"] == "sc02_sh010"}
-    assert roles == {"review_mp4", "mezzanine_mov", "mix", "dx", "srt", "vtt", "qc", "qc_summary"}
+    assert roles == {"review_mp4", "mezzanine_mov", "mix", "dx", "srt", "vtt", "qc", "qc_summary", "review"}
     assert delivery["loudness"]["name"] == "ebu-r128" and delivery["models"]["separator_shifts"] == 0
 
 

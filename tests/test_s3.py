@@ -519,7 +519,8 @@ def test_run_from_s3_to_s3_and_no_credential_reaches_any_output(
     writes = relay.of(*WRITES)
     assert {w.key for w in writes} <= set(stored) and writes[-1].key == f"{run_prefix}delivery.json"
 
-    assert f"published {out}/s3run: 10 written" in caplog.text  # the publish report, in the run's log
+    # The publish report, in the run's log: 10 deliverables and the review page's 7 files.
+    assert f"published {out}/s3run: 17 written" in caplog.text
     APILogWorker.drain_all(timeout=10)
     with get_client(sync_client=True) as client:
         (run,) = [r for r in client.read_flow_runs() if r.parameters.get("run_id") == "s3run"]
@@ -608,4 +609,6 @@ def test_a_run_on_another_machine_reuses_every_stage_from_the_remote(
     assert main(["run", str(manifest), "--out", str(tmp_path / "out"), "--run-id", "second", *common]) == 0
     assert "computed: nothing; reused: separate 1, lipdub 1, remix 1, mux 1, subtitles 1, qc 1" in caplog.text
     first, second = (json.loads((tmp_path / "out" / run / "delivery.json").read_text()) for run in ("first", "second"))
-    assert [(f["path"], f["sha256"]) for f in first["files"]] == [(f["path"], f["sha256"]) for f in second["files"]]
+    # The review page names its run: compared are the deliverables.
+    assert [(f["path"], f["sha256"]) for f in first["files"] if f["role"] != "review"] == \
+        [(f["path"], f["sha256"]) for f in second["files"] if f["role"] != "review"]

@@ -1,0 +1,206 @@
+"""The review page written with every delivery: `<run>/review/index.html`, opened by `dubflow review RUN`.
+
+A static, self-contained page (no server, no network): the HTML, script and style ship with dubflow
+(`tasks/review_page/`), the run's data is one script file (`review-data.js`: a page opened from
+`file://` may not fetch JSON), and every media path is relative to the run folder, so the page works
+from the delivery folder, from a downloaded copy of an S3 delivery and from a bucket served over
+HTTP alike. Besides the delivered files it needs, per shot, a browser-playable copy of the locked
+picture with its original mix (`review/media/<shot>_original.mp4`, H.264 + AAC like the review
+copy: locked pictures are usually ProRes or PCM MOVs that browsers do not play) and per pair a
+thumbnail of the dub's middle frame. `review/history.json` carries the verdicts of earlier takes
+(written by `dubflow retake`), so the page shows each pair's take history.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from fractions import Fraction
+from importlib import resources
+from pathlib import Path
+
+import av
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from dubflow.manifests.schema import ManifestRow
+from dubflow.media.audio import picture_samples
+from dubflow.media.files import atomic_write_bytes
+from dubflow.media.io import DELIVERY_SAMPLE_RATE, AudioTrack, iter_frames, probe, read_audio, write_video
+from dubflow.tasks.publish import DeliveryFile, PairOutcome
+from dubflow.tasks.retries import STAGE_RETRIES
+from dubflow.tasks.separate import SeparatedShot
+from dubflow.tasks.subtitles import script_cues
+from dubflow.tasks.validate import Shot
+
+REVIEW_FOLDER = "review"
+HISTORY_FILE = "history.json"
+REVIEW_FORMAT = "dubflow-review/1"  # the review file the page exports and `dubflow retake` reads
+PAGE_ASSETS = ("index.html", "review.js", "review.css")
+_LEVEL_FLOOR_DB = -90.0  # silence is drawn at the bottom of the level plot, not at -inf
+_THUMBNAIL_HEIGHT = 90
+
+
+@dataclass(frozen=True)
+class ReviewedTake:
+    """One verdict on one take of a pair, as the review file and the take history record it."""
+
+    shot_id: str
+    language: str
+    take: int
+    verdict: str  # approved | rejected
+    note: str = ""
+    script: str = ""  # the line the take said
+    new_script: str = ""  # for a rejected take: the edited line the next take says ("" keeps the line)
+    run_id: str = ""  # the run that delivered the take
+
+
+def frame_levels(audio: np.ndarray, frame_count: int, fps: Fraction, sample_rate: int) -> list[float]:
+    """Level (dBFS of the mean square over channels) per picture frame, on the exact frame boundaries."""
+    bounds = [picture_samples(index, fps, sample_rate) for index in range(frame_count + 1)]
+    power = np.mean(np.square(audio.astype(np.float64)), axis=0)
+    levels = []
+    for start, end in zip(bounds, bounds[1:]):
+        mean_square = float(power[start:end].mean()) if end > start else 0.0
+        levels.append(round(max(10 * np.log10(mean_square), _LEVEL_FLOOR_DB) if mean_square > 0 else _LEVEL_FLOOR_DB, 1))
+    return levels
+
+
+def write_original_proxy(shot: Shot, separated: SeparatedShot, out: Path) -> Path:
+    """The locked picture, frame for frame at its exact rate, with its original mix (dialogue + bed,
+    which give back the source soundtrack on the picture's timeline) as H.264 + AAC."""
+    dialogue, _ = read_audio(separated.dialogue)
+    bed, _ = read_audio(separated.bed)
+    mix = AudioTrack((dialogue + bed).astype(np.float32), DELIVERY_SAMPLE_RATE, separated.layout)
+    return write_video(out, iter_frames(shot.source), shot.media.fps, [mix])
+
+
+def write_thumbnail(picture: Path, out: Path) -> Path:
+    """The middle frame of `picture`, scaled to a thumbnail's height, as JPEG."""
+    middle = probe(picture).frame_count // 2
+    with av.open(str(picture)) as container:
+        for index, frame in enumerate(container.decode(video=0)):
+            if index == middle:
+                image = frame.to_image()
+                break
+    width = max(1, round(image.width * _THUMBNAIL_HEIGHT / image.height))
+    image.resize((width, _THUMBNAIL_HEIGHT)).save(out, "JPEG", quality=85)
+    return out
+
+
+def load_history(run_dir: Path) -> list[ReviewedTake]:
+    """The take history a delivery's review page carries (empty when there is none)."""
+    path = Path(run_dir) / REVIEW_FOLDER / HISTORY_FILE
+    if not path.is_file():
+        return []
+    return [ReviewedTake(**record) for record in json.loads(path.read_text(encoding="utf-8"))["takes"]]
+
+
+def build_review(
+    run_id: str,
+    rows: list[ManifestRow],
+    shots: dict[str, Shot],
+    separated: dict[str, SeparatedShot],
+    outcomes: list[PairOutcome],
+    files: list[DeliveryFile],
+    profile: dict,
+    history: list[ReviewedTake],
+    out_dir: Path,
+) -> list[DeliveryFile]:
+    """Write the review page of a run into `out_dir` and return its files as the delivery lists them
+    (under `review/`). `files` are the run's delivered files; `profile` is the run info's profile
+    (name, random_weights, notice); `history` the verdicts on earlier takes."""
+    out_dir = Path(out_dir)
+    (out_dir / "media").mkdir(parents=True, exist_ok=True)
+    delivered = {(item.shot_id, item.language, item.role): item for item in files}
+    outcome_of = {(o.shot_id, o.language): o for o in outcomes}
+    written: list[tuple[Path, str, str, str | None]] = []  # (file, path under review/, shot, language)
+    proxies: dict[str, str] = {}
+    pairs = []
+    for row in rows:
+        outcome = outcome_of[(row.shot_id, row.language)]
+        pair = {
+            "shot_id": row.shot_id, "language": row.language, "take": row.take, "script": row.script,
+            "dialogue_supplied": bool(row.dialogue), "status": outcome.status, "reason": outcome.reason,
+            "history": [vars(t) for t in history if (t.shot_id, t.language) == (row.shot_id, row.language)],
+        }
+        if outcome.status == "delivered":
+            shot = shots[row.shot_id]
+            if row.shot_id not in proxies:
+                name = f"media/{row.shot_id}_original.mp4"
+                write_original_proxy(shot, separated[row.shot_id], out_dir / name)
+                written.append((out_dir / name, name, row.shot_id, None))
+                proxies[row.shot_id] = name
+            thumbnail = f"media/{row.shot_id}_{row.language}_thumb.jpg"
+            review_copy = delivered[(row.shot_id, row.language, "review_mp4")]
+            write_thumbnail(review_copy.source, out_dir / thumbnail)
+            written.append((out_dir / thumbnail, thumbnail, row.shot_id, row.language))
+            pair.update(_pair_media(row, shot, separated[row.shot_id], delivered, proxies[row.shot_id], thumbnail))
+        pairs.append(pair)
+
+    data = {"format": REVIEW_FORMAT, "run_id": run_id, "profile": profile, "pairs": pairs}
+    script = f"window.DUBFLOW_REVIEW = {json.dumps(data, ensure_ascii=False, allow_nan=False)};\n"
+    atomic_write_bytes(out_dir / "review-data.js", script.encode("utf-8"))
+    history_document = {"format": REVIEW_FORMAT, "run_id": run_id, "takes": [vars(t) for t in history]}
+    atomic_write_bytes(out_dir / HISTORY_FILE, json.dumps(history_document, indent=1, ensure_ascii=False).encode())
+    assets = resources.files("dubflow.tasks") / "review_page"
+    for name in PAGE_ASSETS:
+        with resources.as_file(assets / name) as asset:
+            shutil.copyfile(asset, out_dir / name)
+    for name in ("review-data.js", HISTORY_FILE, *PAGE_ASSETS):
+        written.append((out_dir / name, name, "", None))
+    return [DeliveryFile(path, f"{REVIEW_FOLDER}/{name}", "review", shot_id, language)
+            for path, name, shot_id, language in written]
+
+
+def _pair_media(row: ManifestRow, shot: Shot, separated: SeparatedShot,
+                delivered: dict[tuple[str, str | None, str], DeliveryFile], proxy: str, thumbnail: str) -> dict:
+    """What the pair view plays and draws: paths relative to `review/`, the picture's exact rate,
+    frame levels of the original and new dialogue, the subtitle cues and the QC report."""
+    media = shot.media
+
+    def relative(role: str, language: str | None = row.language) -> str:
+        return f"../{delivered[(row.shot_id, language, role)].path}"
+
+    new_dialogue, _ = read_audio(delivered[(row.shot_id, row.language, "dx")].source)
+    original_dialogue, _ = read_audio(separated.dialogue)
+    qc = json.loads(delivered[(row.shot_id, row.language, "qc")].source.read_text(encoding="utf-8"))
+    duration = Fraction(media.frame_count) / media.fps
+    cues = script_cues(row.script, new_dialogue, DELIVERY_SAMPLE_RATE, duration)
+    generated = delivered.get((row.shot_id, row.language, "dx_generated"))
+    return {
+        "fps": [media.fps.numerator, media.fps.denominator],
+        "frame_count": media.frame_count,
+        "thumbnail": thumbnail,
+        "original": proxy,
+        "dub": relative("review_mp4"),
+        "audio": {
+            "new_dialogue": relative("dx"),
+            "me": relative("me", None),
+            **({"generated_dialogue": f"../{generated.path}"} if generated else {}),
+        },
+        "qc_summary": relative("qc_summary"),
+        "levels": {
+            "original_dialogue": frame_levels(original_dialogue, media.frame_count, media.fps, DELIVERY_SAMPLE_RATE),
+            "new_dialogue": frame_levels(new_dialogue, media.frame_count, media.fps, DELIVERY_SAMPLE_RATE),
+        },
+        "cues": [{"start_ms": cue.start_ms, "end_ms": cue.end_ms, "text": "\n".join(cue.lines)} for cue in cues],
+        "qc": {"passed": qc["passed"], "status": qc["status"], "checks": qc["checks"], "levels": qc["levels"]},
+    }
+
+
+@task(name="review page", cache_policy=NO_CACHE, **STAGE_RETRIES)
+def review_page_task(
+    run_id: str,
+    rows: list[ManifestRow],
+    shots: dict[str, Shot],
+    separated: dict[str, SeparatedShot],
+    outcomes: list[PairOutcome],
+    files: list[DeliveryFile],
+    profile: dict,
+    history: list[ReviewedTake],
+    out_dir: Path,
+) -> list[DeliveryFile]:
+    return build_review(run_id, rows, shots, separated, outcomes, files, profile, history, out_dir)
