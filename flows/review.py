@@ -10,6 +10,8 @@ history (`review/history.json`), which the new delivery's review page shows.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 import webbrowser
@@ -17,7 +19,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from dubflow.manifests.schema import parse_manifest, read_table
-from dubflow.media.files import sha256_file
+from dubflow.media.files import atomic_write_bytes, sha256_file
 from dubflow.tasks.publish import DELIVERY_MANIFEST
 from dubflow.tasks.review import REVIEW_FOLDER, REVIEW_FORMAT, ReviewedTake, load_history
 from dubflow.tasks.storage import check_name, is_s3_uri
@@ -97,8 +99,8 @@ def plan_retake(run_dir: Path, review_file: Path, manifest: Path, run_id: str | 
         raise ReviewError(f"{manifest}: " + "; ".join(str(problem) for problem in problems))
     by_pair = {(row.shot_id, row.language): row for row in rows}
     table = read_table(manifest)
-    if "take" not in table.columns:
-        table["take"] = ""
+    columns = table.columns if "take" in table.columns else (*table.columns, "take")
+    cells_by_row = {number: dict(cells) for number, cells in table.records}  # keyed by spreadsheet row
     retakes = []
     for review in reviews:
         row = by_pair.get((review.shot_id, review.language))
@@ -107,14 +109,18 @@ def plan_retake(run_dir: Path, review_file: Path, manifest: Path, run_id: str | 
             raise ReviewError(f"{review_file}: {review.shot_id}/{review.language} take {review.take} was reviewed, "
                               f"but {manifest} has {found} for it")
         if review.verdict == "rejected":
-            index = row.row - 1  # data rows count from 1
-            table.loc[index, "take"] = str(row.take + 1)
+            cells = cells_by_row[row.row]
+            cells["take"] = str(row.take + 1)
             if review.new_script.strip():
-                table.loc[index, "script"] = review.new_script.strip()
+                cells["script"] = review.new_script.strip()
             retakes.append((row.shot_id, row.language, row.take + 1))
     next_run = check_name(run_id or _next_run_id(delivery["run_id"]))
     out = manifest.with_name(f"{manifest.stem}.{next_run}.csv")  # beside it: relative sources still resolve
-    table.to_csv(out, index=False)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns, restval="")
+    writer.writeheader()
+    writer.writerows(cells_by_row.values())
+    atomic_write_bytes(out, text.getvalue().encode("utf-8"))
     history = load_history(run_dir) + [ReviewedTake(**{**asdict(r), "run_id": delivery["run_id"]}) for r in reviews]
     return RetakePlan(out, next_run, history, tuple(retakes), delivery["profile"]["name"])
 

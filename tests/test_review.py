@@ -390,14 +390,14 @@ def test_validation_checks_the_supplied_dialogue_file(review_manifest: Path) -> 
     with pytest.raises(ManifestError) as error:
         validate_manifest(broken)
     messages = [(p.row, p.column, p.message) for p in error.value.problems]
-    assert messages[0][:2] == (1, "dialogue") and "missing.wav does not exist" in messages[0][2]
-    assert messages[1][:2] == (2, "dialogue") and "lasts 4.000 s, the shot 3.003 s" in messages[1][2]
+    assert messages[0][:2] == (2, "dialogue") and "missing.wav does not exist" in messages[0][2]
+    assert messages[1][:2] == (3, "dialogue") and "lasts 4.000 s, the shot 3.003 s" in messages[1][2]
     table["dialogue"] = ["not_audio.wav", "shots/sc01_sh010.mov"]  # a picture with sound is audio enough
     table.to_csv(broken, index=False)
     with pytest.raises(ManifestError) as error:
         validate_manifest(broken)
     ((row, column, message),) = [(p.row, p.column, p.message) for p in error.value.problems]
-    assert (row, column) == (1, "dialogue") and "is not readable audio" in message
+    assert (row, column) == (2, "dialogue") and "is not readable audio" in message
 
 
 @pytest.mark.parametrize("generated_until_s, original_until_s, passed", [
@@ -429,5 +429,5 @@ def test_the_take_column_is_a_whole_number_from_one(tmp_path: Path) -> None:
     table.to_csv(tmp_path / "m.csv", index=False)
     rows, problems = parse_manifest(tmp_path / "m.csv")
     assert [(row.shot_id, row.take) for row in rows] == [("a", 1), ("b", 3)]
-    assert [(p.row, p.column) for p in problems] == [(3, "take"), (4, "take")]
+    assert [(p.row, p.column) for p in problems] == [(4, "take"), (5, "take")]
     assert "'two' is not a take number" in str(problems[1])
