@@ -272,18 +272,25 @@ def _run(request: RunRequest, started: float, verbose: bool, debug: bool, **opti
     with _stopped_by_sigterm(), _prefect_api() as api_ready:
         from dubflow.flows.localize import run_localization  # torch, diffusers: while the server starts
 
+        from prefect.exceptions import TerminationSignal
+
         api_ready()
         _silence_model_loading(verbose)
-        return run_localization(request.manifest, request.out, languages=request.languages,
-                                profile_name=request.profile, run_id=run_id, endpoint_url=request.endpoint_url,
-                                cache_remote=request.cache_remote, cluster=request.cluster, started=started,
-                                **options)
+        try:
+            return run_localization(request.manifest, request.out, languages=request.languages,
+                                    profile_name=request.profile, run_id=run_id, endpoint_url=request.endpoint_url,
+                                    cache_remote=request.cache_remote, cluster=request.cluster, started=started,
+                                    **options)
+        except TerminationSignal:  # Prefect's own SIGTERM handler while the flow runs
+            raise Terminated() from None
 
 
 def _quiet_terminal(verbose: bool, debug: bool) -> None:
     """Telemetry off always; Prefect's console log (errors with --debug) and the hub's progress bars
     off unless `verbose`. In the environment, before Prefect is imported: it reads it then, and the
     temporary server inherits it."""
+    if "prefect" in sys.modules:
+        return  # called in a process that set Prefect up already (tests): its settings stay as they are
     quiet = {} if verbose else {CONSOLE_LOG_LEVEL: "ERROR" if debug else "CRITICAL", **QUIET_PROGRESS_BARS}
     for key, value in {**TELEMETRY_OFF, **quiet}.items():
         os.environ.setdefault(key, value)
@@ -410,6 +417,7 @@ def _models(args: argparse.Namespace) -> int:
     from dubflow.models.weights import WeightsDownloadError, check_weights, download_weights
 
     if args.models_command == "download":
+        print(f"downloading the LTX-2.3 base and the LipDub IC-LoRA into {args.dir}")
         try:
             directory = download_weights(args.dir)
         except WeightsDownloadError as exc:

@@ -128,7 +128,8 @@ def resolve_profile(name: str, remote_gpus: bool = False) -> ModelProfile:
         if not (weights / "model_index.json").is_file() or not lora.is_file():
             raise ProfileError(
                 f"ltx-2.3 weights not found in {weights} (need model_index.json and {LIPDUB_LORA_FILE}); "
-                "set DUBFLOW_LTX_WEIGHTS to a diffusers-format LTX-2.3 directory holding the LipDub IC-LoRA"
+                "set DUBFLOW_LTX_WEIGHTS to a diffusers-format LTX-2.3 directory holding the LipDub IC-LoRA, or "
+                f"fetch one: `dubflow models download {weights}` (needs HF_TOKEN), then `dubflow models check {weights}`"
             )
         demucs_repo = os.environ.get("DUBFLOW_DEMUCS_REPO")
         return ModelProfile(

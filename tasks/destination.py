@@ -69,17 +69,24 @@ def open_destination(out: str | Path, endpoint_url: str | None = None) -> Destin
 
 
 def check_writable_folder(folder: Path) -> None:
-    """Create `folder` (and its parents) if needed, then create and remove a probe file in it: what
-    publishing will do, tried now (read-only mounts, /proc, an existing file, missing permission)."""
+    """Try now what publishing will do in `folder`: create it (and missing parents), create and remove
+    a file in it (read-only mounts, /proc, an existing file, missing permission). Folders created
+    for the probe are removed again: a run refused later leaves nothing behind."""
     if folder.exists() and not folder.is_dir():
         raise InvalidDestinationError(f"--out {folder} exists and is not a folder",
                                       "give a folder (it is created if missing)")
+    missing = [path for path in (folder, *folder.parents) if not path.exists()]
     probe = folder / f".dubflow-write-probe-{uuid.uuid4().hex[:8]}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise InvalidDestinationError(f"--out {folder} cannot be written: {reason}",
+        raise InvalidDestinationError(f"--out {folder} cannot be written: {exc.strerror or type(exc).__name__}",
                                       "give a folder you can create files in") from None
+    finally:
+        for path in missing:  # deepest first
+            try:
+                path.rmdir()
+            except OSError:
+                pass  # never created, or no longer empty (another run is publishing there)

@@ -1,15 +1,21 @@
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
-# Every test session gets its own Prefect home and model cache, so runs never share a database.
+# Every test session gets its own Prefect home, model and stage cache and Dask scratch space, so runs
+# never share a database; all of it is removed when the session ends (after the session's Prefect
+# test server has stopped: atexit runs after the fixtures' teardown).
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="dubflow-tests-"))
+atexit.register(shutil.rmtree, _SESSION_HOME, ignore_errors=True)
 os.environ.setdefault("PREFECT_HOME", str(_SESSION_HOME / "prefect"))
 os.environ.setdefault("DUBFLOW_CACHE", str(_SESSION_HOME / "cache"))
+os.environ.setdefault("DASK_TEMPORARY_DIRECTORY", str(_SESSION_HOME / "dask"))
 
 
 @pytest.fixture(scope="session")
