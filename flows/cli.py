@@ -18,7 +18,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -96,9 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", help="print the traceback of an unexpected error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, help: str) -> argparse.ArgumentParser:
-        return commands.add_parser(name, help=help, description=help, parents=[common], epilog=EXIT_CODES,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    def command(name: str, help: str, has_subcommands: bool = False) -> argparse.ArgumentParser:
+        # --debug on the parser that parses last: a subcommand's default would overwrite its parent's.
+        return commands.add_parser(name, help=help, description=help, parents=[] if has_subcommands else [common],
+                                   epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
 
     sample = command("sample", "write synthetic locked shots, their stems and a manifest")
     sample.add_argument("dir", type=Path, help="folder to write into (created if missing)")
@@ -133,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--separator-shifts", type=_shifts, default=None,
                      help="time-shifted passes averaged (default 0: one pass; $DUBFLOW_DEMUCS_SHIFTS)")
 
-    models = command("models", "check or download LTX-2.3 LipDub weights")
+    models = command("models", "check or download LTX-2.3 LipDub weights", has_subcommands=True)
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="SUBCOMMAND")
     check = model_commands.add_parser("check", help="files present, shapes as configured, every LoRA key applied",
                                       parents=[common])
@@ -145,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          help="fetch the base and the gated IC-LoRA into DIR (token: $HF_TOKEN)")
     download.add_argument("dir", type=Path, help="where the weights go; then export DUBFLOW_LTX_WEIGHTS=DIR")
 
-    cache = command("cache", "the stage cache ($DUBFLOW_CACHE/work): size per stage, pruning")
+    cache = command("cache", "the stage cache ($DUBFLOW_CACHE/work): size per stage, pruning", has_subcommands=True)
     cache_commands = cache.add_subparsers(dest="cache_command", required=True, metavar="SUBCOMMAND")
     cache_commands.add_parser("du", parents=[common], help="entries and disk use per stage")
     prune = cache_commands.add_parser(
