@@ -233,11 +233,10 @@ class InputError(Exception):
     """A run's input that cannot work, found before the flow starts (exit 2)."""
 
 
-def check_run(request: RunRequest) -> tuple[str, Manifest, str | None]:
-    """Everything a run can be refused for, checked in plain Python before Prefect or a model loads,
-    cheapest first: run id, `--out` (created, a probe file written and removed; an S3 bucket
-    asked), cache bounds, `--cache-remote`, the manifest (as `dubflow validate`), the model
-    profile (its weights). Returns the run id, the manifest and the profile's notice."""
+def check_inputs(request: RunRequest) -> tuple[str, Manifest]:
+    """What a run can be refused for before any model is involved, checked in plain Python, cheapest
+    first: run id, `--out` (created, a probe file written and removed; an S3 bucket asked), cache
+    bounds, `--cache-remote`, the manifest (as `dubflow validate`). Returns the run id and manifest."""
     from dubflow.tasks.destination import InvalidDestinationError, check_run_id, open_destination
     from dubflow.tasks.stage_cache import CACHE_REMOTE_ENV, CacheBoundsError, CacheRemoteError, cache_bounds, check_remote
 
@@ -251,19 +250,27 @@ def check_run(request: RunRequest) -> tuple[str, Manifest, str | None]:
         manifest = validate_manifest(request.manifest, request.languages, request.endpoint_url)
     except (InvalidDestinationError, CacheBoundsError, CacheRemoteError, ManifestError) as exc:
         raise InputError(str(exc)) from None
+    return run_id, manifest
+
+
+def check_profile(request: RunRequest) -> str | None:
+    """The model profile resolved as the run will (its weights present; the smoke models built on
+    first use). Returns its notice."""
     from dubflow.models.profiles import ProfileError, resolve_profile
 
     try:
         profile = resolve_profile(request.profile, remote_gpus=bool(request.cluster or os.environ.get("DUBFLOW_CLUSTER")))
     except ProfileError as exc:
         raise InputError(str(exc)) from None
-    return run_id, manifest, profile.notice
+    return profile.notice
 
 
 def _run(request: RunRequest, started: float, verbose: bool, debug: bool, **options: object) -> int:
     _quiet_terminal(verbose, debug)
     try:
-        run_id, manifest, notice = check_run(request)
+        run_id, manifest = check_inputs(request)
+        _silence_model_loading(verbose)  # from here on: the smoke profile builds its models on first use
+        notice = check_profile(request)
     except InputError as exc:
         print(f"dubflow: {exc}", file=sys.stderr)
         return EXIT_INVALID_INPUT
@@ -276,7 +283,6 @@ def _run(request: RunRequest, started: float, verbose: bool, debug: bool, **opti
         from prefect.exceptions import TerminationSignal
 
         api_ready()
-        _silence_model_loading(verbose)
         try:
             return run_localization(request.manifest, request.out, languages=request.languages,
                                     profile_name=request.profile, run_id=run_id, endpoint_url=request.endpoint_url,
