@@ -1,5 +1,6 @@
-"""What a run tells its people: the progress artifact while it runs, then the summary table, the QC
-digest and the last line (counts, device-seconds, wall time). Nothing here changes a deliverable.
+"""What a run tells its people: the progress artifact and the terminal's line per pair while it
+runs, then the summary table, the QC digest and the last line (counts, device-seconds, wall time).
+Nothing here changes a deliverable.
 """
 
 from __future__ import annotations
@@ -60,9 +61,9 @@ class RunSummary:
         lines.append(f"delivery manifest: {self.run_dir}/delivery.json")
         if self.notice:
             lines.append(self.notice)
-        lines.append(self.cache.describe())
         if self.pruned:
             lines.append(self.pruned)
+        lines.append(self.cache.describe())
         lines.append(self.last_line())
         return "\n".join(lines)
 
