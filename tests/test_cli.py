@@ -369,3 +369,19 @@ def test_no_prefect_server_outlives_a_stopped_run(how: str, two_pairs: Path, cli
         process.stderr.close()
     assert code == {"SIGINT": 130, "SIGTERM": 143, "SIGKILL": -signal.SIGKILL}[how]
     assert "Traceback" not in stderr
+
+
+def test_every_run_ends_by_applying_the_default_bound(prefect_server, two_pairs: Path, tmp_path: Path) -> None:
+    """A result unused for longer than the default 30 days is pruned when a run ends; the run's own
+    results stay."""
+    from dubflow.flows.localize import localize
+    from dubflow.models.profiles import cache_dir
+
+    root = cache_dir() / "work"
+    stale = _store(StageCache(root), "lipdub", "f" * 64, 1_000)
+    _age(stale, 31)
+    summary = localize(two_pairs, tmp_path / "out", run_id="bounded")
+    assert not stale.exists()
+    assert summary.pruned.startswith("stage cache: removed 1 result(s)")
+    assert summary.report().splitlines()[-3] == summary.pruned
+    assert localize(two_pairs, tmp_path / "out", run_id="again").cache.computed == {}  # nothing of its own pruned
