@@ -350,8 +350,10 @@ def _gone(server: psutil.Process, timeout: float = 30) -> bool:
     return False
 
 
-@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "SIGKILL"])
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "SIGKILL", "SIGSEGV"])
 def test_no_prefect_server_outlives_a_stopped_run(how: str, two_pairs: Path, cli_env: dict, tmp_path: Path) -> None:
+    """Ctrl-C and SIGTERM stop the run and its server; SIGKILL and a crash (SIGSEGV, as a native
+    library's fault) end the process at once, and the kernel stops the server."""
     process = subprocess.Popen([DUBFLOW, "run", str(two_pairs), "--out", str(tmp_path / "out"), "--force"],
                                env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -367,7 +369,7 @@ def test_no_prefect_server_outlives_a_stopped_run(how: str, two_pairs: Path, cli
             process.wait()
         process.stdout.close()
         process.stderr.close()
-    assert code == {"SIGINT": 130, "SIGTERM": 143, "SIGKILL": -signal.SIGKILL}[how]
+    assert code == {"SIGINT": 130, "SIGTERM": 143, "SIGKILL": -signal.SIGKILL, "SIGSEGV": -signal.SIGSEGV}[how]
     assert "Traceback" not in stderr
 
 
