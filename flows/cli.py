@@ -269,8 +269,7 @@ def _run(request: RunRequest, started: float, verbose: bool, debug: bool, **opti
     _quiet_terminal(verbose, debug)
     try:
         run_id, manifest = check_inputs(request)
-        _silence_model_loading(verbose)  # from here on: the smoke profile builds its models on first use
-        notice = check_profile(request)
+        notice = check_profile(request)  # its first smoke build's bars: off by $HF_HUB_DISABLE_PROGRESS_BARS
     except InputError as exc:
         print(f"dubflow: {exc}", file=sys.stderr)
         return EXIT_INVALID_INPUT
@@ -283,6 +282,7 @@ def _run(request: RunRequest, started: float, verbose: bool, debug: bool, **opti
         from prefect.exceptions import TerminationSignal
 
         api_ready()
+        _silence_model_loading(verbose)
         try:
             return run_localization(request.manifest, request.out, languages=request.languages,
                                     profile_name=request.profile, run_id=run_id, endpoint_url=request.endpoint_url,
@@ -304,9 +304,10 @@ def _quiet_terminal(verbose: bool, debug: bool) -> None:
 
 
 def _silence_model_loading(verbose: bool) -> None:
-    """diffusers and transformers print loading bars, and diffusers a warning that dumps the whole
-    latent upsampler (~28 lines) because it cannot verify the type of a component it has no registry
-    entry for: LTX2LatentUpsamplerModel is the right class, so that one message is dropped."""
+    """diffusers (which ignores $HF_HUB_DISABLE_PROGRESS_BARS) and transformers print loading bars,
+    and diffusers a warning that dumps the whole latent upsampler (~28 lines) because it cannot
+    verify the type of a component it has no registry entry for: LTX2LatentUpsamplerModel is the
+    right class, so that one message is dropped."""
     if verbose:
         return
     import diffusers.utils.logging
