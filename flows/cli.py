@@ -273,7 +273,8 @@ def _run(request: RunRequest, started: float, verbose: bool, debug: bool, **opti
     except InputError as exc:
         print(f"dubflow: {exc}", file=sys.stderr)
         return EXIT_INVALID_INPUT
-    print(f"dubflow run {run_id}: {len(manifest.rows)} pairs ({len(manifest.shots)} shots), {request.profile} profile")
+    print(f"dubflow run {run_id}: {_count(len(manifest.rows), 'pair')} ({_count(len(manifest.shots), 'shot')}), "
+          f"{request.profile} profile")
     if notice:
         print(notice)
     with _stopped_by_sigterm(), _prefect_api() as api_ready:
@@ -290,6 +291,10 @@ def _run(request: RunRequest, started: float, verbose: bool, debug: bool, **opti
                                     **options)
         except TerminationSignal:  # Prefect's own SIGTERM handler while the flow runs
             raise Terminated() from None
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _quiet_terminal(verbose: bool, debug: bool) -> None:

@@ -131,7 +131,7 @@ def test_a_run_prints_a_short_terminal_with_a_counter_and_says_smoke(
     lines = result.stdout.splitlines()
     assert not result.stderr.strip(), result.stderr  # no log, no bar, no warning, no telemetry error
     assert len(lines) <= 14, result.stdout
-    assert lines[0] == "dubflow run r1: 2 pairs (1 shots), smoke profile"
+    assert lines[0] == "dubflow run r1: 2 pairs (1 shot), smoke profile"
     assert lines[1].startswith("SMOKE PROFILE")
     pair_lines = [line for line in lines if line.startswith(SHOT) and "into the run" in line]
     assert len(pair_lines) == 2
