@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
         return commands.add_parser(name, help=help, description=help, parents=[] if has_subcommands else [common],
                                    epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
 
+    def subcommand(group: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
+        return group.add_parser(name, help=help, description=help, parents=[common])
+
     sample = command("sample", "write synthetic locked shots, their stems and a manifest")
     sample.add_argument("dir", type=Path, help="folder to write into (created if missing)")
 
@@ -136,24 +139,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = command("models", "check or download LTX-2.3 LipDub weights", has_subcommands=True)
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="SUBCOMMAND")
-    check = model_commands.add_parser("check", help="files present, shapes as configured, every LoRA key applied",
-                                      parents=[common])
+    check = subcommand(model_commands, "check", "files present, shapes as configured, every LoRA key applied")
     check.add_argument("dir", type=Path, nargs="?", default=None, help="weights directory (default: $DUBFLOW_LTX_WEIGHTS)")
     check.add_argument("--lora", type=Path, default=None, help="IC-LoRA file (default: the one in DIR)")
     check.add_argument("--checkpoint", type=Path, default=None,
                        help="official single-file checkpoint whose transformer replaces DIR's ($DUBFLOW_LTX_CHECKPOINT)")
-    download = model_commands.add_parser("download", parents=[common],
-                                         help="fetch the base and the gated IC-LoRA into DIR (token: $HF_TOKEN)")
+    download = subcommand(model_commands, "download", "fetch the base and the gated IC-LoRA into DIR (token: $HF_TOKEN)")
     download.add_argument("dir", type=Path, help="where the weights go; then export DUBFLOW_LTX_WEIGHTS=DIR")
 
     cache = command("cache", "the stage cache ($DUBFLOW_CACHE/work): size per stage, pruning", has_subcommands=True)
     cache_commands = cache.add_subparsers(dest="cache_command", required=True, metavar="SUBCOMMAND")
-    cache_commands.add_parser("du", parents=[common], help="entries and disk use per stage")
-    prune = cache_commands.add_parser(
-        "prune", parents=[common],
-        help="remove results unused for longer than --older-than, then the least recently used down to "
-             "--max-size; never one a running run uses (default: the bounds every run applies when it ends, "
-             "$DUBFLOW_CACHE_MAX_AGE_DAYS=30 and $DUBFLOW_CACHE_MAX_GB=20)")
+    subcommand(cache_commands, "du", "entries and disk use per stage")
+    prune = subcommand(
+        cache_commands, "prune",
+        "remove results unused for longer than --older-than, then the least recently used down to --max-size; "
+        "never one a running run uses (default: the bounds every run applies when it ends, "
+        "$DUBFLOW_CACHE_MAX_AGE_DAYS=30 and $DUBFLOW_CACHE_MAX_GB=20)")
     prune.add_argument("--older-than", type=_non_negative, default=None, metavar="DAYS",
                        help="remove results not used for this many days")
     prune.add_argument("--max-size", type=_non_negative, default=None, metavar="GB",
