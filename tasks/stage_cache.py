@@ -309,12 +309,13 @@ def _lease_is_live(lease: Path) -> bool:
     """A lease of another host is taken as live (its process cannot be checked from here)."""
     try:
         holder = json.loads(lease.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    if holder.get("host") != socket.gethostname():
+        host, pid = holder["host"], int(holder["pid"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return False  # not a lease this code wrote (a lease is written whole: atomic_write_bytes)
+    if host != socket.gethostname():
         return True
     try:
-        os.kill(int(holder["pid"]), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
