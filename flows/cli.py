@@ -278,6 +278,17 @@ def _run(request: RunRequest, started: float, verbose: bool, debug: bool, **opti
           f"{request.profile} profile")
     if notice:
         print(notice)
+    from dubflow.flows.prefect_server import ApiUnreachableError
+
+    try:
+        return _run_flow(request, run_id, started, verbose, **options)
+    except ApiUnreachableError as exc:
+        print(f"dubflow: {exc}", file=sys.stderr)
+        return EXIT_INVALID_INPUT
+
+
+def _run_flow(request: RunRequest, run_id: str, started: float, verbose: bool, **options: object) -> int:
+    """The flow, on the configured Prefect API or a temporary server, with SIGTERM stopping it."""
     with _stopped_by_sigterm(), _prefect_api() as api_ready:
         from dubflow.flows.localize import run_localization  # torch, diffusers: while the server starts
 
@@ -345,9 +356,11 @@ def _prefect_api() -> Iterator:
     API answers."""
     from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
-    from dubflow.flows.prefect_server import TemporaryServer
+    from dubflow.flows.prefect_server import TemporaryServer, check_reachable
 
-    if get_current_settings().api.url:
+    configured = get_current_settings().api.url
+    if configured:
+        check_reachable(configured)
         yield lambda: None
         return
     server = TemporaryServer()

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -26,6 +27,24 @@ STOP_WAIT_S = 10.0
 
 class ServerStartError(Exception):
     """The temporary Prefect server did not answer in time."""
+
+
+class ApiUnreachableError(Exception):
+    """The configured Prefect API does not answer; found before any work starts."""
+
+
+def check_reachable(api_url: str) -> None:
+    """The configured API answers at all (any HTTP answer counts: a workspace may want its key first)."""
+    parts = urllib.parse.urlsplit(api_url)
+    shown = f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"  # no userinfo
+    try:
+        urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=10).close()
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ApiUnreachableError(f"the Prefect API at {shown} does not answer ({reason}); start that server, or "
+                                  "unset PREFECT_API_URL to let the run start a temporary one") from None
 
 
 class TemporaryServer:

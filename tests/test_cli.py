@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -104,6 +105,17 @@ def test_missing_manifest_picture_profile_and_weights_are_refused_before_prefect
     _assert_refused(_dubflow(["run", str(two_pairs), "--out", out], bad_bound, REFUSED_WITHIN_S), "DUBFLOW_CACHE_MAX_GB")
     assert not (tmp_path / "out").exists()  # the --out probe leaves nothing behind
     assert not list(Path(cli_env["PREFECT_HOME"]).glob("*.db"))
+
+
+def test_a_configured_prefect_api_that_does_not_answer_is_refused(two_pairs: Path, cli_env: dict, tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again below: nothing listens there
+    env = {**cli_env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    result = _dubflow(["run", str(two_pairs), "--out", str(tmp_path / "out")], env, REFUSED_WITHIN_S)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"the Prefect API at http://127.0.0.1:{port}/api does not answer" in result.stderr
+    assert "into the run" not in result.stdout and not (tmp_path / "out").exists()
 
 
 def test_the_out_probe_creates_nothing_and_refuses_what_cannot_be_written(tmp_path: Path) -> None:
