@@ -399,3 +399,20 @@ def test_every_run_ends_by_applying_the_default_bound(prefect_server, two_pairs:
     assert summary.pruned.startswith("stage cache: removed 1 result(s)")
     assert summary.report().splitlines()[-3] == summary.pruned
     assert localize(two_pairs, tmp_path / "out", run_id="again").cache.computed == {}  # nothing of its own pruned
+
+
+def test_a_test_session_removes_its_folder_and_those_of_killed_sessions(tmp_path: Path) -> None:
+    """A session in its own TMPDIR: a killed session's folder (its process gone) is removed when it
+    starts, its own folder when it ends; a folder without the marker is left alone."""
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = tmp_path / "dubflow-tests-killed"
+    (killed / "cache").mkdir(parents=True)
+    (killed / "pid").write_text(ended.stdout.strip())
+    foreign = tmp_path / "dubflow-tests-foreign"
+    foreign.mkdir()
+    env = {key: value for key, value in os.environ.items() if key not in ("PREFECT_HOME", "DUBFLOW_CACHE")}
+    session = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                              f"{Path(__file__)}::test_version_help_texts_and_exit_codes"],
+                             env={**env, "TMPDIR": str(tmp_path)}, capture_output=True, text=True, timeout=300)
+    assert session.returncode == 0, session.stdout + session.stderr
+    assert sorted(path.name for path in tmp_path.glob("dubflow-tests-*")) == ["dubflow-tests-foreign"]
