@@ -16,7 +16,7 @@ import shutil
 import sys
 import time
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -39,26 +39,28 @@ from dubflow.media.audio import LoudnessProfile, LoudnessProfileError, parse_lou
 from dubflow.media.files import sha256_file
 from dubflow.tasks.lipdub import lipdub_identity, lipdub_key, lipdub_pair_task
 from dubflow.tasks.mux import mezzanine_pair_task, mux_key, mux_pair_task
-from dubflow.tasks.publish import (
-    DeliveryFile,
-    InvalidDestinationError,
-    PairOutcome,
-    check_run_id,
-    open_destination,
-    publish_task,
-)
+from dubflow.tasks.destination import InvalidDestinationError, check_run_id, open_destination
+from dubflow.tasks.publish import DeliveryFile, PairOutcome, publish_task
 from dubflow.tasks.qc import qc_key, qc_pair_task
 from dubflow.tasks.remix import remix_key, remix_pair_task, supplied_dialogue
 from dubflow.tasks.review import ReviewedTake, review_page_task
 from dubflow.tasks.separate import separate_key, separate_shot_task, separator_identity, separator_spec
-from dubflow.tasks.stage_cache import CacheRemoteError, StageCache, check_remote
+from dubflow.tasks.stage_cache import (
+    CACHE_REMOTE_ENV,
+    CacheBoundsError,
+    CacheRemoteError,
+    StageCache,
+    cache_bounds,
+    check_remote,
+    prune_after_run,
+    run_lease,
+)
 from dubflow.tasks.subtitles import subtitle_pair_task, subtitles_key
 from dubflow.tasks.retries import lipdub_timeout_s
 from dubflow.tasks.validate import validate_manifest
 
 EXIT_OK, EXIT_PAIRS_FAILED, EXIT_INVALID_INPUT = 0, 1, 2
 VERSIONED_PACKAGES = ("dubflow", "torch", "diffusers", "transformers", "peft", "demucs", "prefect", "av", "pyloudnorm")
-CACHE_REMOTE_ENV = "DUBFLOW_CACHE_REMOTE"  # s3://bucket/prefix where stage results are shared
 CLUSTER_ENV = "DUBFLOW_CLUSTER"  # a Dask scheduler address, e.g. tcp://dask-scheduler:8786
 CLUSTER_CLASS_ENV = "DUBFLOW_CLUSTER_CLASS"  # or a cluster class to start, e.g. dask_kubernetes.operator.KubeCluster
 CLUSTER_KWARGS_ENV = "DUBFLOW_CLUSTER_KWARGS"  # its keyword arguments, as JSON
@@ -197,100 +199,114 @@ def localize(
     if cache_remote:
         check_remote(cache_remote, endpoint_url)
     cache = StageCache(cache_dir() / "work", force, remote=cache_remote, endpoint_url=endpoint_url)
-    # Once per run: they read model files (the LoRA's sha256, the Demucs packages).
-    model_identity, separator_params = lipdub_identity(model_profile), separator_identity(separator)
+    cache_bounds()  # a bad $DUBFLOW_CACHE_MAX_* fails now, not after the work
+    # The lease keeps a prune (another command's, or this run's own at its end) off the results
+    # this run uses while it runs.
+    with run_lease(cache.root, cache.run):
+        # Once per run: they read model files (the LoRA's sha256, the Demucs packages).
+        model_identity, separator_params = lipdub_identity(model_profile), separator_identity(separator)
 
-    # On a Dask cluster the stages that run a model on a GPU ask for one (LipDub always: a cluster's
-    # workers are GPU workers); in this process the device leases keep one model stage per GPU.
-    separating_on_gpu = separator.device.startswith("cuda")
-    take_timeout_s = lipdub_timeout_s()
-    held_at_start = held_device_seconds(runner)
+        # On a Dask cluster the stages that run a model on a GPU ask for one (LipDub always: a cluster's
+        # workers are GPU workers); in this process the device leases keep one model stage per GPU.
+        separating_on_gpu = separator.device.startswith("cuda")
+        take_timeout_s = lipdub_timeout_s()
+        held_at_start = held_device_seconds(runner)
 
-    rows_by_shot: dict[str, list[ManifestRow]] = {}
-    for row in validated.rows:
-        rows_by_shot.setdefault(row.shot_id, []).append(row)
-    rows = [row for shot_rows in rows_by_shot.values() for row in shot_rows]
-    separate_keys: dict[str, str] = {}
-    separated: dict[str, PrefectFuture] = {}
-    takes: list[tuple[PrefectFuture, dict[str, str]]] = []
+        rows_by_shot: dict[str, list[ManifestRow]] = {}
+        for row in validated.rows:
+            rows_by_shot.setdefault(row.shot_id, []).append(row)
+        rows = [row for shot_rows in rows_by_shot.values() for row in shot_rows]
+        separate_keys: dict[str, str] = {}
+        separated: dict[str, PrefectFuture] = {}
+        takes: list[tuple[PrefectFuture, dict[str, str]]] = []
 
-    def submit_take(row: ManifestRow) -> None:
-        """The shot's separation (on its first pair) and the pair's LipDub take, with their keys."""
-        shot = validated.shots[row.shot_id]
-        if row.shot_id not in separated:
-            separate_keys[row.shot_id] = separate_key(shot, separator_params)
+        def submit_take(row: ManifestRow) -> None:
+            """The shot's separation (on its first pair) and the pair's LipDub take, with their keys."""
+            shot = validated.shots[row.shot_id]
+            if row.shot_id not in separated:
+                separate_keys[row.shot_id] = separate_key(shot, separator_params)
+                with gpu_stage(separating_on_gpu):
+                    separated[row.shot_id] = separate_shot_task.submit(shot, separator, cache,
+                                                                       separate_keys[row.shot_id])
+            keys = {"separate": separate_keys[row.shot_id],
+                    "lipdub": lipdub_key(shot, row, model_profile, model_identity)}
+            with gpu_stage():
+                take = lipdub_pair_task.submit(shot, row, rows_by_shot[row.shot_id], model_profile, cache,
+                                               keys["lipdub"], take_timeout_s)
+            takes.append((take, keys))
+
+        chains = []
+        submitting = time.monotonic()
+        # Shot by shot, each shot's separation then its pairs: runners start tasks in the order they are
+        # submitted, so the first pairs run while later shots are still being planned. A thread runner's
+        # task holds its thread while it waits for its upstream, so each pair's take is submitted before
+        # the previous pair's downstream stages: the next take is waiting on the device when one ends.
+        submit_take(rows[0])
+        for index, row in enumerate(rows):
+            if index + 1 < len(rows):
+                submit_take(rows[index + 1])
+            shot = validated.shots[row.shot_id]
+            take, keys = takes[index]
+            supplied = supplied_dialogue(validated.path, row)
+            keys["remix"] = remix_key(keys["lipdub"], keys["separate"], separator_params, loudness_profile, supplied)
+            keys["mux"] = mux_key("h264", keys["lipdub"], keys["remix"])
+            keys["mezzanine"] = mux_key("prores", keys["lipdub"], keys["remix"]) if prores else None
+            keys["subtitles"] = subtitles_key(row, keys["remix"])
+            keys["qc"] = qc_key(keys["separate"], keys["remix"], keys["mux"], keys["subtitles"], keys["mezzanine"],
+                                allow_qc_warnings, model_profile.notice)
+
             with gpu_stage(separating_on_gpu):
-                separated[row.shot_id] = separate_shot_task.submit(shot, separator, cache, separate_keys[row.shot_id])
-        keys = {"separate": separate_keys[row.shot_id],
-                "lipdub": lipdub_key(shot, row, model_profile, model_identity)}
-        with gpu_stage():
-            take = lipdub_pair_task.submit(shot, row, rows_by_shot[row.shot_id], model_profile, cache, keys["lipdub"],
-                                           take_timeout_s)
-        takes.append((take, keys))
+                remixed = remix_pair_task.submit(take, separated[row.shot_id], shot, separator, loudness_profile,
+                                                 cache, keys["remix"], supplied)
+            stages = {"separate": separated[row.shot_id], "lipdub": take, "remix": remixed,
+                      "mux": mux_pair_task.submit(take, remixed, cache, keys["mux"])}
+            if prores:
+                stages["mezzanine"] = mezzanine_pair_task.submit(take, remixed, cache, keys["mezzanine"])
+            stages["subtitles"] = subtitle_pair_task.submit(row, remixed, shot, cache, keys["subtitles"])
+            stages["qc"] = qc_pair_task.submit(shot, separated[row.shot_id], remixed, stages["mux"],
+                                               stages["subtitles"], stages.get("mezzanine"), allow_qc_warnings, cache,
+                                               keys["qc"], model_profile.notice)
+            chains.append(PairChain(row, stages, keys))
+        submitted = len({id(future) for chain in chains for future in chain.stages.values()})
+        print(f"submitted {submitted} stage tasks for {len(chains)} pairs in {time.monotonic() - submitting:.1f} s")
 
-    chains = []
-    submitting = time.monotonic()
-    # Shot by shot, each shot's separation then its pairs: runners start tasks in the order they are
-    # submitted, so the first pairs run while later shots are still being planned. A thread runner's
-    # task holds its thread while it waits for its upstream, so each pair's take is submitted before
-    # the previous pair's downstream stages: the next take is waiting on the device when one ends.
-    submit_take(rows[0])
-    for index, row in enumerate(rows):
-        if index + 1 < len(rows):
-            submit_take(rows[index + 1])
-        shot = validated.shots[row.shot_id]
-        take, keys = takes[index]
-        supplied = supplied_dialogue(validated.path, row)
-        keys["remix"] = remix_key(keys["lipdub"], keys["separate"], separator_params, loudness_profile, supplied)
-        keys["mux"] = mux_key("h264", keys["lipdub"], keys["remix"])
-        keys["mezzanine"] = mux_key("prores", keys["lipdub"], keys["remix"]) if prores else None
-        keys["subtitles"] = subtitles_key(row, keys["remix"])
-        keys["qc"] = qc_key(keys["separate"], keys["remix"], keys["mux"], keys["subtitles"], keys["mezzanine"],
-                            allow_qc_warnings)
+        progress = Progress(len(chains), f"dubflow run {run_id} ({model_profile.name} profile)")
+        chain_of_qc = {chain.stages["qc"]: chain for chain in chains}
+        try:
+            for qc in as_completed(chain_of_qc):  # a pair has ended when its QC has
+                qc.wait()  # done: this records its final state (`state` would ask the server)
+                row = chain_of_qc[qc].row
+                progress.pair_finished(row.shot_id, row.language, qc.state.is_completed())
+            wait([future for chain in chains for future in chain.stages.values()])
+        finally:
+            progress.close()
 
-        with gpu_stage(separating_on_gpu):
-            remixed = remix_pair_task.submit(take, separated[row.shot_id], shot, separator, loudness_profile, cache,
-                                             keys["remix"], supplied)
-        stages = {"separate": separated[row.shot_id], "lipdub": take, "remix": remixed,
-                  "mux": mux_pair_task.submit(take, remixed, cache, keys["mux"])}
-        if prores:
-            stages["mezzanine"] = mezzanine_pair_task.submit(take, remixed, cache, keys["mezzanine"])
-        stages["subtitles"] = subtitle_pair_task.submit(row, remixed, shot, cache, keys["subtitles"])
-        stages["qc"] = qc_pair_task.submit(shot, separated[row.shot_id], remixed, stages["mux"], stages["subtitles"],
-                                           stages.get("mezzanine"), allow_qc_warnings, cache, keys["qc"])
-        chains.append(PairChain(row, stages, keys))
-    submitted = len({id(future) for chain in chains for future in chain.stages.values()})
-    print(f"submitted {submitted} stage tasks for {len(chains)} pairs in {time.monotonic() - submitting:.1f} s")
-
-    progress = Progress(len(chains), f"dubflow run {run_id} ({model_profile.name} profile)")
-    for _ in as_completed([chain.stages["qc"] for chain in chains]):  # a pair has ended when its QC has
-        progress.pair_finished()
-    wait([future for chain in chains for future in chain.stages.values()])
-
-    device_seconds = held_device_seconds(runner) - held_at_start
-    outcomes, files, qc_reports = collect(chains)
-    info = run_info(validated.path, model_profile, separator, loudness_profile)
-    # Beside the stage results (shared storage on a cluster), where the publish task can read it.
-    review_dir = cache.root.parent / "review" / cache.run
-    try:
-        files += review_page_task(
-            run_id, rows, dict(validated.shots),
-            {shot_id: future.result() for shot_id, future in separated.items() if future.state.is_completed()},
-            outcomes, files, info["profile"], [ReviewedTake(**take) for take in review_history or []], review_dir)
-        run_dir = publish_task(destination, run_id, files, outcomes, info).location
-    finally:
-        shutil.rmtree(review_dir, ignore_errors=True)
-    summary = RunSummary(
-        run_dir, tuple(outcomes), model_profile.notice,
-        cache.counts((stage, key) for chain in chains for stage, key in chain.keys.items() if key),
-        device="GPU" if model_profile.device.startswith("cuda") else "CPU",
-        device_seconds=device_seconds, wall_seconds=time.monotonic() - started,
-    )
-    publish_artifacts(summary, run_id, model_profile.name, qc_reports)
-    print(summary.report())
-    if summary.failed:
-        raise PairsFailedError(summary)
-    return summary
+        device_seconds = held_device_seconds(runner) - held_at_start
+        outcomes, files, qc_reports = collect(chains)
+        info = run_info(validated.path, model_profile, separator, loudness_profile)
+        # Beside the stage results (shared storage on a cluster), where the publish task can read it.
+        review_dir = cache.root.parent / "review" / cache.run
+        try:
+            files += review_page_task(
+                run_id, rows, dict(validated.shots),
+                {shot_id: future.result() for shot_id, future in separated.items() if future.state.is_completed()},
+                outcomes, files, info["profile"], [ReviewedTake(**take) for take in review_history or []], review_dir)
+            run_dir = publish_task(destination, run_id, files, outcomes, info).location
+        finally:
+            shutil.rmtree(review_dir, ignore_errors=True)
+        pruned = prune_after_run(cache.root)
+        summary = RunSummary(
+            run_dir, tuple(outcomes), model_profile.notice,
+            cache.counts((stage, key) for chain in chains for stage, key in chain.keys.items() if key),
+            device="GPU" if model_profile.device.startswith("cuda") else "CPU",
+            device_seconds=device_seconds, wall_seconds=time.monotonic() - started,
+            pruned=pruned.describe() if pruned.removed else None,
+        )
+        publish_artifacts(summary, run_id, model_profile.name, qc_reports)
+        print(summary.report())
+        if summary.failed:
+            raise PairsFailedError(summary)
+        return summary
 
 
 def collect(chains: list[PairChain]) -> tuple[list[PairOutcome], list[DeliveryFile], dict[tuple[str, str], Path]]:
@@ -366,8 +382,7 @@ def run_info(manifest_path: Path, profile: ModelProfile, separator: SeparatorSpe
         "profile": {"name": profile.name, "random_weights": profile.random_weights, "notice": profile.notice},
         "models": {
             # Names and hashes only: never a full local path (it can carry user names or mount secrets).
-            "lipdub_base": profile.lipdub_weights.name if profile.lipdub_weights else "ltx-2.3 architecture, random",
-            "lipdub_lora": profile.lipdub_lora.name if profile.lipdub_lora else "random",
+            **lipdub_model_names(profile),
             "lipdub_lora_sha256": sha256_file(profile.lipdub_lora) if profile.lipdub_lora else None,
             "separator": separator.model_name,
             "separator_folder": separator.repo.name if separator.repo else None,
@@ -379,6 +394,17 @@ def run_info(manifest_path: Path, profile: ModelProfile, separator: SeparatorSpe
     }
 
 
+def lipdub_model_names(profile: ModelProfile) -> dict[str, str]:
+    """What LipDub really ran with: the weights folder and LoRA file names of real weights; for
+    random weights a description, never the published file name the smoke LoRA is stored under."""
+    if not profile.random_weights:
+        return {"lipdub_base": profile.lipdub_weights.name, "lipdub_lora": profile.lipdub_lora.name}
+    if profile.lipdub_weights is not None:
+        return {"lipdub_base": f"tiny random LTX-2.3 ({profile.name})", "lipdub_lora": f"tiny random IC-LoRA ({profile.name})"}
+    return {"lipdub_base": f"full-size LTX-2.3 architecture, random ({profile.name})",
+            "lipdub_lora": f"random IC-LoRA ({profile.name})"}
+
+
 def run_localization(
     manifest: Path,
     out: str | Path,
@@ -386,28 +412,33 @@ def run_localization(
     profile_name: str = "smoke",
     run_id: str | None = None,
     cluster: str | None = None,
+    started: float | None = None,
     **options: object,
 ) -> int:
     """Run the flow and map its end to the CLI's exit codes: 0 delivered, 1 pairs failed, 2 bad input.
     `cluster`: a Dask scheduler address to run the tasks on (default: `task_runner_for`'s choice).
     `options` are the flow's other parameters (loudness, allow_qc_warnings, prores, separator_*,
-    endpoint_url, force). The run's last line (counts, device-seconds, wall time) is printed last."""
+    endpoint_url, force, cache_remote). Prints the summary table and the run's last line once, its
+    wall time counted from `started` (the command's start; default: now)."""
+    started = time.monotonic() if started is None else started
     try:
         run = localize.with_options(task_runner=task_runner_for(cluster)) if cluster else localize
     except ClusterError as exc:
-        print(exc, file=sys.stderr)
+        print(f"dubflow: {exc}", file=sys.stderr)
         return EXIT_INVALID_INPUT
     state = run(manifest, out, languages, profile_name, run_id, **options, return_state=True)
     result = state.result(raise_on_failure=False)
     if state.is_completed():
-        print(result.last_line())
+        print(replace(result, wall_seconds=time.monotonic() - started).report())
         return EXIT_OK
     if isinstance(result, PairsFailedError):
-        print(result.summary.report(), file=sys.stderr)
+        print(replace(result.summary, wall_seconds=time.monotonic() - started).report(), file=sys.stderr)
         return EXIT_PAIRS_FAILED
     if isinstance(result, (ManifestError, ProfileError, LoudnessProfileError, InvalidDestinationError, ClusterError,
-                           CacheRemoteError)):
-        print(result, file=sys.stderr)
+                           CacheRemoteError, CacheBoundsError)):
+        print(f"dubflow: {result}", file=sys.stderr)
         return EXIT_INVALID_INPUT
-    print(f"run failed: {result}", file=sys.stderr)
+    if isinstance(result, BaseException) and not isinstance(result, Exception):
+        raise result  # an interrupt the flow recorded as a crash: the command reports it
+    print(f"dubflow: run failed: {result}", file=sys.stderr)
     return EXIT_PAIRS_FAILED

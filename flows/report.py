@@ -1,14 +1,18 @@
-"""What a run tells its people: the progress artifact while it runs, then the summary table, the QC
-digest and the last line (counts, device-seconds, wall time). Nothing here changes a deliverable.
+"""What a run tells its people: the progress artifact and the terminal's line per pair while it
+runs, then the summary table, the QC digest and the last line (counts, device-seconds, wall time).
+Nothing here changes a deliverable.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 from uuid import UUID
 
 from prefect.artifacts import (
@@ -37,6 +41,7 @@ class RunSummary:
     device: str  # "GPU" or "CPU": where the model stages ran
     device_seconds: float  # time this run's model stages (LipDub, separation) held their devices (leases)
     wall_seconds: float
+    pruned: str | None = None  # what the run's final cache prune removed, when it removed anything
 
     @property
     def failed(self) -> list[PairOutcome]:
@@ -56,34 +61,87 @@ class RunSummary:
         lines.append(f"delivery manifest: {self.run_dir}/delivery.json")
         if self.notice:
             lines.append(self.notice)
+        if self.pruned:
+            lines.append(self.pruned)
         lines.append(self.cache.describe())
         lines.append(self.last_line())
         return "\n".join(lines)
 
 
 class Progress:
-    """The run's progress artifact: pairs finished (delivered or failed) out of all, updated as they
-    end — at most every `PROGRESS_EVERY_S` and at the last pair, so that thousands of pairs ending
-    together (a re-run served from the stage cache) cost a handful of requests, not one each."""
+    """How far the run is, as pairs end (delivered or failed): the run's progress artifact, and on the
+    terminal one line per pair with a "N of M pairs, K failed, ~T left" counter — a live rich bar
+    under the lines on a terminal, the counter at the end of each line otherwise (output not a
+    terminal, or $CI set). Written to the stream directly: a flow's `print` goes to Prefect's log.
 
-    def __init__(self, total: int, description: str) -> None:
-        self.total, self.finished = total, 0
+    The artifact is updated at most every `PROGRESS_EVERY_S` and at the last pair, so that thousands
+    of pairs ending together (a re-run served from the stage cache) cost a handful of requests."""
+
+    def __init__(self, total: int, description: str, stream: TextIO | None = None) -> None:
+        self.total, self.finished, self.failed = total, 0, 0
         self._description = description
+        self._stream = stream or sys.stdout
+        self._started = self._updated = time.monotonic()
         self._artifact_id = create_progress_artifact(
             progress=0.0, key="localization-progress", description=self._text()
         )
-        self._updated = time.monotonic()
+        self._bar = _live_bar(self._stream, total, self.counter())
 
-    def pair_finished(self) -> None:
+    def pair_finished(self, shot_id: str, language: str, delivered: bool) -> None:
         self.finished += 1
+        self.failed += not delivered
+        line = (f"{shot_id:<16} {language:<6} {'delivered' if delivered else 'failed':<10} "
+                f"done {time.monotonic() - self._started:7.1f} s into the run")
+        if self._bar is None:
+            self._stream.write(f"{line}   [{self.counter()}]\n")
+            self._stream.flush()
+        else:
+            bar, task = self._bar
+            bar.console.print(line, markup=False, highlight=False)
+            bar.update(task, completed=self.finished, description=self.counter())
         if self.finished < self.total and time.monotonic() - self._updated < PROGRESS_EVERY_S:
             return
         update_progress_artifact(self._artifact_id, progress=100.0 * self.finished / max(self.total, 1),
                                  description=self._text())
         self._updated = time.monotonic()
 
+    def counter(self) -> str:
+        left = self.total - self.finished
+        if not self.finished or not left:
+            estimate = "estimating" if left else "done"
+        else:
+            estimate = f"~{_duration((time.monotonic() - self._started) / self.finished * left)} left"
+        return f"{self.finished} of {self.total} pairs, {self.failed} failed, {estimate}"
+
+    def close(self) -> None:
+        """Take the live bar down (the lines stay)."""
+        if self._bar is not None:
+            self._bar[0].stop()
+            self._bar = None
+
     def _text(self) -> str:
         return f"{self._description}: {self.finished} of {self.total} pairs finished"
+
+
+def _live_bar(stream: TextIO, total: int, description: str):
+    """A started rich progress bar and its task on a terminal; None when not a terminal or in CI."""
+    if not stream.isatty() or os.environ.get("CI", "").lower() not in ("", "0", "false"):
+        return None
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress as RichProgress, TextColumn
+
+    bar = RichProgress(TextColumn("{task.description}"), BarColumn(), console=Console(file=stream), transient=True)
+    task = bar.add_task(description, total=total)
+    bar.start()
+    return bar, task
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {rest:02d} s" if minutes else f"{rest} s"
 
 
 def read_run_seconds(client: SyncPrefectClient, task_run_ids: Iterable[UUID]) -> dict[UUID, float]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from dubflow.models.kernels import FP8_ATTENTION, Kernels
-from dubflow.models.ltx_files import LIPDUB_LORA_FILE
+from dubflow.models.ltx_files import LIPDUB_LORA_FILE, LORA_FILES, lora_file
 
 PROFILE_NAMES = ("smoke", "ltx-2.3", "ltx-2.3-random")
 RANDOM_WEIGHTS_SEED = 20_260_101
@@ -141,15 +141,16 @@ def resolve_profile(name: str, remote_gpus: bool = False) -> ModelProfile:
         )
     if name == "ltx-2.3":
         weights = ltx_weights_dir()
-        lora = weights / LIPDUB_LORA_FILE
+        lora = lora_file(weights)
         checkpoint = os.environ.get("DUBFLOW_LTX_CHECKPOINT")
         if checkpoint and not Path(checkpoint).is_file():
             raise ProfileError(f"DUBFLOW_LTX_CHECKPOINT={checkpoint} is not a file; unset it or point it at the "
                                "single-file LTX-2.3 checkpoint")
         if not (weights / "model_index.json").is_file() or not lora.is_file():
             raise ProfileError(
-                f"ltx-2.3 weights not found in {weights} (need model_index.json and {LIPDUB_LORA_FILE}); "
-                "set DUBFLOW_LTX_WEIGHTS to a diffusers-format LTX-2.3 directory holding the LipDub IC-LoRA"
+                f"ltx-2.3 weights not found in {weights} (need model_index.json and {' or '.join(LORA_FILES)}); "
+                "set DUBFLOW_LTX_WEIGHTS to a diffusers-format LTX-2.3 directory holding the DubIt IC-LoRA, or "
+                f"fetch one: `dubflow models download {weights}` (needs HF_TOKEN), then `dubflow models check {weights}`"
             )
         demucs_repo = os.environ.get("DUBFLOW_DEMUCS_REPO")
         return ModelProfile(

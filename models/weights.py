@@ -263,11 +263,17 @@ def download_weights(weights_dir: Path) -> Path:
     The token comes from ``$HF_TOKEN`` or the ``hf auth login`` cache, never from a command-line
     argument (it would show in process lists and shell history), and is never printed.
     """
-    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub import get_token, hf_hub_download, snapshot_download
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
     weights_dir = Path(weights_dir)
-    token = os.environ.get("HF_TOKEN") or None
+    token = get_token()  # $HF_TOKEN, else the `hf auth login` cache
+    if token is None:  # the LoRA is gated: without a token the hub can only refuse, after the base's ~100 GB
+        raise WeightsDownloadError(
+            f"no Hugging Face token: {LORA_REPO} is gated. Accept its conditions at "
+            f"https://huggingface.co/{LORA_REPO}, create a read token at https://huggingface.co/settings/tokens, "
+            f"then run `HF_TOKEN=<token> dubflow models download {weights_dir}` (or `hf auth login` first)"
+        )
     try:
         snapshot_download(
             BASE_REPO, local_dir=weights_dir, token=token,
@@ -287,8 +293,9 @@ def download_weights(weights_dir: Path) -> Path:
         raise WeightsDownloadError(f"the hub refused the download: {_status(exc)}") from None
     except OSError as exc:  # no network, DNS, disk
         raise WeightsDownloadError(
-            f"could not download the weights ({type(exc).__name__}: {exc}); this needs network access to "
-            "huggingface.co — or copy a weights directory here and run `dubflow models check`"
+            f"could not download the weights into {weights_dir} ({type(exc).__name__}: {exc}); this needs network "
+            f"access to huggingface.co — or copy a diffusers-format LTX-2.3 directory with {LIPDUB_LORA_FILE} to "
+            f"{weights_dir} from a machine that has them, then run `dubflow models check {weights_dir}`"
         ) from None
     return weights_dir
 

@@ -39,27 +39,25 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from dubflow.media.files import atomic_write_bytes, sha256_file
+from dubflow.media.files import sha256_file
+from dubflow.tasks.destination import Destination, InvalidDestinationError, check_run_id, open_destination
 from dubflow.tasks.retries import STAGE_RETRIES
 from dubflow.tasks.storage import (
     S3Uri,
-    S3UriError,
     StorageError,
     abort_unfinished_uploads,
-    check_bucket,
     check_name,
     delete_keys,
     digest_bytes,
     digest_file,
-    is_s3_uri,
     list_keys,
-    looks_like_url,
-    parse_s3_uri,
     put_bytes,
     s3_client,
     stored_matches,
     upload_files,
 )
+
+# Destination checks live in tasks/destination.py (light imports, used before any work); re-exported here.
 
 DELIVERY_MANIFEST = "delivery.json"
 DELIVERY_TABLE = "delivery.parquet"
@@ -82,48 +80,6 @@ class PairOutcome:
     status: str  # delivered | failed
     reason: str | None
     seconds: float
-
-
-class InvalidDestinationError(StorageError):
-    """`--out` cannot be delivered to; found before any work starts."""
-
-
-@dataclass(frozen=True)
-class Destination:
-    """Where a run is delivered: a local folder, or an S3 prefix and the endpoint that serves it."""
-
-    folder: Path | None = None
-    s3: S3Uri | None = None
-    endpoint_url: str | None = None
-
-
-def check_run_id(run_id: str) -> str:
-    """`run_id` names the delivery folder: checked before any work starts."""
-    try:
-        return check_name(run_id)
-    except ValueError as exc:
-        raise InvalidDestinationError(f"run id: {exc}", "choose another --run-id") from None
-
-
-def open_destination(out: str | Path, endpoint_url: str | None = None) -> Destination:
-    """`out` checked before any work starts: a local folder, or `s3://bucket[/prefix]` whose bucket
-    exists and answers the credentials of the AWS chain."""
-    if not is_s3_uri(out):
-        if isinstance(out, str) and looks_like_url(out):
-            # Not echoed: a URL may carry a signature or credentials.
-            raise InvalidDestinationError("--out is a URL dubflow cannot deliver to",
-                                          "give a folder or s3://bucket/prefix")
-        return Destination(folder=Path(out))
-    try:
-        prefix = parse_s3_uri(str(out), prefix=True)
-        client = s3_client(endpoint_url)
-    except S3UriError as exc:
-        raise InvalidDestinationError(f"--out / --endpoint-url: {exc}", "fix the URI and run again") from None
-    try:
-        check_bucket(client, prefix, "write to")
-    except StorageError as exc:
-        raise InvalidDestinationError(exc.what, exc.hint, endpoint_wide=exc.endpoint_wide) from None
-    return Destination(s3=prefix, endpoint_url=endpoint_url)
 
 
 @dataclass(frozen=True)
@@ -167,7 +123,10 @@ def publish_local(
             shutil.copyfile(item.source, target)
             entries.append(_entry(item, target.stat().st_size, sha256_file(target)))  # hash what was written
         for name, data in manifest_documents(run_id, entries, outcomes, run_info).items():
-            atomic_write_bytes(staging / name, data)
+            # A plain write, so the file gets the umask's mode like the copies (a temporary file
+            # would be 0600, unreadable to the rest of a shared delivery folder); the staging folder's
+            # rename is what makes the delivery appear whole.
+            (staging / name).write_bytes(data)
         _fsync_tree(staging)
         _swap_into_place(staging, final)
     except BaseException:

@@ -91,6 +91,7 @@ class QCReport:
     checks: tuple[Check, ...]
     allow_warnings: bool = False
     levels: Mapping[str, float | None] = field(default_factory=dict)  # gains applied on the way (dB, LUFS)
+    notice: str | None = None  # the model profile's, e.g. random weights: checks pass on noise too
 
     @property
     def passed(self) -> bool:
@@ -113,6 +114,7 @@ class QCReport:
                 "passed": self.passed,
                 "status": self.status,
                 "allow_warnings": self.allow_warnings,
+                "notice": self.notice,
                 "loudness_profile": {**asdict(self.profile), "measured_on": self.profile.measured_on},
                 "levels": dict(self.levels),
                 "checks": [asdict(check) for check in self.checks],
@@ -129,6 +131,7 @@ class QCReport:
         width = max(len(check.name) for check in self.checks)
         lines = [
             f"QC {self.shot_id} {self.language}: {verdict}",
+            *([self.notice] if self.notice else []),
             f"loudness profile {self.profile.describe()}",
             *(f"{name}: {value:+.2f}" if value is not None else f"{name}: unmeasurable"
               for name, value in self.levels.items()),
@@ -341,6 +344,7 @@ def qc_pair(
     profile: LoudnessProfile = EBU_R128,
     allow_warnings: bool = False,
     levels: Mapping[str, float | None] | None = None,
+    notice: str | None = None,
 ) -> QCReport:
     frames, fps = shot.media.frame_count, shot.media.fps
     duration = Fraction(frames) / fps
@@ -363,7 +367,7 @@ def qc_pair(
         generated, _ = read_audio(files.generated_dialogue)
     original_dialogue, _ = read_audio(files.original_dialogue)
     checks.append(check_dialogue_ending(generated, original_dialogue, dialogue_rate))
-    return QCReport(shot.shot_id, language, profile, tuple(checks), allow_warnings, dict(levels or {}))
+    return QCReport(shot.shot_id, language, profile, tuple(checks), allow_warnings, dict(levels or {}), notice)
 
 
 @dataclass(frozen=True)
@@ -391,10 +395,10 @@ class QCFailedError(Exception):
 
 
 def qc_key(separate_key: str, remix_key: str, mux_key: str, subtitles_key: str, mezzanine_key: str | None,
-           allow_warnings: bool) -> str:
+           allow_warnings: bool, notice: str | None = None) -> str:
     """The source picture and loudness profile come in through the separate and remix keys."""
     return stage_key("qc", QC_VERSION, separate=separate_key, remix=remix_key, mux=mux_key, subtitles=subtitles_key,
-                     mezzanine=mezzanine_key, allow_warnings=allow_warnings)
+                     mezzanine=mezzanine_key, allow_warnings=allow_warnings, notice=notice)
 
 
 def qc_deliverables(
@@ -406,6 +410,7 @@ def qc_deliverables(
     mezzanine: Path | None,
     allow_warnings: bool,
     out_dir: Path,
+    notice: str | None = None,
 ) -> QCResult:
     """Write the QC report and summary into `out_dir`; fail the pair when a check fails, unless
     warnings are allowed (then the failures are recorded and the pair is delivered)."""
@@ -416,7 +421,7 @@ def qc_deliverables(
         "new dialogue gain (dB)": remixed.dialogue_gain_db,
         "mix gain (dB)": remixed.mix_gain_db,
     }
-    report = qc_pair(shot, remixed.language, files, remixed.loudness, allow_warnings, levels)
+    report = qc_pair(shot, remixed.language, files, remixed.loudness, allow_warnings, levels, notice)
     result = write_qc_report(report, out_dir)
     if not report.passed and not allow_warnings:
         raise QCFailedError(f"QC failed ({result.summary.name}): " + "; ".join(result.failures))
@@ -435,7 +440,9 @@ def qc_pair_task(
     allow_warnings: bool,
     cache: StageCache,
     key: str,
+    notice: str | None = None,
 ) -> QCResult:
-    """A failed QC raises before anything is stored: the pair is checked again on the next run."""
+    """A failed QC raises before anything is stored: the pair is checked again on the next run.
+    `notice`: the model profile's (random weights), written into the report."""
     return cache.result("qc", key, QCResult, lambda out_dir: qc_deliverables(
-        shot, separated, remixed, review_copy, subtitles, mezzanine, allow_warnings, out_dir))
+        shot, separated, remixed, review_copy, subtitles, mezzanine, allow_warnings, out_dir, notice))

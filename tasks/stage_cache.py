@@ -21,16 +21,20 @@ in place: each stage writes only into its own folder.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import socket
+import time
 import types
 import typing
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -51,6 +55,7 @@ from dubflow.tasks.storage import (
 
 T = TypeVar("T")
 RESULT_FILE = "result.json"
+CACHE_REMOTE_ENV = "DUBFLOW_CACHE_REMOTE"  # s3://bucket/prefix where stage results are shared
 # The order the run's computed/reused line names the stages in.
 STAGES = ("separate", "lipdub", "remix", "mux", "mezzanine", "subtitles", "qc")
 
@@ -116,7 +121,7 @@ class StageCache:
         final = Path(self.root) / stage / key
         if not self.force:
             try:
-                found = _load(final, result_type)
+                found = _use(final, result_type)
             except StaleResultError:
                 found = None
             if found is None and self.remote:
@@ -198,6 +203,17 @@ def _place(temporary: Path, final: Path) -> None:
         # Another process stored the same key meanwhile: same inputs, same result; keep theirs.
 
 
+def _use(folder: Path, result_type: type[T]) -> T | None:
+    """`_load`, marking the result used now (under the shared lock: a prune either ran before and the
+    result is gone, or runs after and sees it used by a live run)."""
+    with _locked(folder.parent.parent, exclusive=False):
+        try:
+            os.utime(folder / RESULT_FILE)
+        except FileNotFoundError:
+            return None
+        return _load(folder, result_type)
+
+
 def _load(folder: Path, result_type: type[T]) -> T | None:
     """The result stored in `folder`; None when there is none; StaleResultError when its files changed."""
     try:
@@ -246,3 +262,197 @@ def _decode(data: Any, annotation: Any, folder: Path) -> Any:
         return annotation(**{field.name: _decode(data[field.name], hints[field.name], folder)
                              for field in dataclasses.fields(annotation)})
     return data
+
+
+# --- Keeping the cache bounded: leases of running runs, sizes, pruning -------------------------------
+#
+# A running run holds a lease, `<root>/.runs/<token>.json` (its pid and host), from before its first
+# lookup until it ends. Every lookup that finds a result touches its `result.json` (so its time is
+# when it was last used) under a shared lock on `<root>/.lock`; a prune holds that lock exclusively
+# while it chooses and moves results aside. A result used or written since the oldest live lease
+# began is therefore never pruned: a run either touched it first (kept) or finds it gone and
+# computes it again. A lease whose process is gone (same host) is dead and removed by the next prune.
+
+LEASES = ".runs"
+LOCK_FILE = ".lock"
+CACHE_MAX_GB_ENV = "DUBFLOW_CACHE_MAX_GB"  # the size a run's final prune brings the cache down to
+CACHE_MAX_AGE_DAYS_ENV = "DUBFLOW_CACHE_MAX_AGE_DAYS"  # results unused for longer are pruned after each run
+DEFAULT_CACHE_MAX_GB = 20.0
+DEFAULT_CACHE_MAX_AGE_DAYS = 30.0
+
+
+@contextlib.contextmanager
+def _locked(root: Path, exclusive: bool) -> Iterator[None]:
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / LOCK_FILE, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def run_lease(root: Path, token: str) -> Iterator[Path]:
+    """Hold a lease on the cache at `root` for the run `token` while the block runs."""
+    folder = Path(root) / LEASES
+    folder.mkdir(parents=True, exist_ok=True)
+    lease = folder / f"{token}.json"
+    atomic_write_bytes(lease, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode("utf-8"))
+    try:
+        yield lease
+    finally:
+        lease.unlink(missing_ok=True)
+
+
+def _lease_is_live(lease: Path) -> bool:
+    """A lease of another host is taken as live (its process cannot be checked from here)."""
+    try:
+        holder = json.loads(lease.read_text(encoding="utf-8"))
+        host, pid = holder["host"], int(holder["pid"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return False  # not a lease this code wrote (a lease is written whole: atomic_write_bytes)
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    stage: str
+    name: str  # the key, or a hidden folder a run left unfinished (`.<key>.tmp-…`)
+    folder: Path
+    size: int  # bytes on disk
+    last_used: float  # mtime of result.json (touched on every reuse), or of the unfinished folder
+
+
+def cache_entries(root: Path) -> list[CacheEntry]:
+    """Every stored result and unfinished folder under `root`, by stage."""
+    entries = []
+    for stage_folder in sorted(Path(root).iterdir()) if Path(root).is_dir() else []:
+        if not stage_folder.is_dir() or stage_folder.name.startswith("."):
+            continue
+        for folder in stage_folder.iterdir():
+            marker = folder / RESULT_FILE
+            try:
+                used = (marker if marker.is_file() else folder).stat().st_mtime
+            except FileNotFoundError:
+                continue  # removed meanwhile
+            entries.append(CacheEntry(stage_folder.name, folder.name, folder, _disk_usage(folder), used))
+    return entries
+
+
+def _disk_usage(folder: Path) -> int:
+    total = 0
+    for path in folder.rglob("*"):
+        try:
+            total += path.lstat().st_blocks * 512
+        except FileNotFoundError:
+            continue
+    return total
+
+
+def usage_by_stage(root: Path) -> dict[str, tuple[int, int]]:
+    """Per stage: (entries, bytes on disk)."""
+    usage: dict[str, tuple[int, int]] = {}
+    for entry in cache_entries(root):
+        count, size = usage.get(entry.stage, (0, 0))
+        usage[entry.stage] = (count + 1, size + entry.size)
+    return usage
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    removed: tuple[CacheEntry, ...]
+    kept_for_runs: int  # entries a live run used or wrote: never removed
+    live_runs: int
+    bytes_left: int
+
+    def describe(self, dry_run: bool = False) -> str:
+        freed = human_size(sum(entry.size for entry in self.removed))
+        held = f"; {self.kept_for_runs} kept for {self.live_runs} running run(s)" if self.live_runs else ""
+        done = f"would remove {len(self.removed)} result(s), {freed}" if dry_run else \
+            f"removed {len(self.removed)} result(s), {freed} freed"
+        return f"stage cache: {done}; {human_size(self.bytes_left)} left{held}"
+
+
+def prune(root: Path, max_age_s: float | None = None, max_bytes: int | None = None,
+          dry_run: bool = False) -> PruneReport:
+    """Remove results unused for longer than `max_age_s`, then the least recently used until the
+    cache holds at most `max_bytes` — never one a live run used or wrote since it began (a cache held
+    that way can stay above `max_bytes`). `dry_run`: say what would go, remove nothing."""
+    root = Path(root)
+    doomed: list[CacheEntry] = []
+    with _locked(root, exclusive=True):
+        leases = sorted((root / LEASES).glob("*.json")) if (root / LEASES).is_dir() else []
+        live = [lease for lease in leases if _lease_is_live(lease)]
+        if not dry_run:
+            for lease in set(leases) - set(live):
+                lease.unlink(missing_ok=True)
+        held_since = min((lease.stat().st_mtime for lease in live), default=float("inf"))
+        entries = sorted(cache_entries(root), key=lambda entry: entry.last_used)
+        held = [entry for entry in entries if entry.last_used >= held_since]
+        free = [entry for entry in entries if entry.last_used < held_since]
+        now = time.time()
+        if max_age_s is not None:
+            doomed = [entry for entry in free if now - entry.last_used > max_age_s]
+        total = sum(entry.size for entry in entries) - sum(entry.size for entry in doomed)
+        for entry in free:
+            if max_bytes is None or total <= max_bytes:
+                break
+            if entry not in doomed:
+                doomed.append(entry)
+                total -= entry.size
+        retired = [] if dry_run else [_retire(entry.folder) for entry in doomed]
+    for folder in retired:
+        shutil.rmtree(folder, ignore_errors=True)
+    return PruneReport(tuple(doomed), len(held), len(live), total)
+
+
+class CacheBoundsError(Exception):
+    """`$DUBFLOW_CACHE_MAX_GB` or `$DUBFLOW_CACHE_MAX_AGE_DAYS` is not a number; found before any work."""
+
+
+def cache_bounds() -> tuple[float, int]:
+    """The bound every run applies when it ends, as (max age in seconds, max bytes):
+    `$DUBFLOW_CACHE_MAX_AGE_DAYS` (default 30) and `$DUBFLOW_CACHE_MAX_GB` (default 20)."""
+    bounds = []
+    for name, default in ((CACHE_MAX_AGE_DAYS_ENV, DEFAULT_CACHE_MAX_AGE_DAYS), (CACHE_MAX_GB_ENV, DEFAULT_CACHE_MAX_GB)):
+        text = os.environ.get(name)
+        try:
+            value = default if text is None else float(text)
+        except ValueError:
+            value = -1.0
+        if not value >= 0:  # also refuses nan
+            raise CacheBoundsError(f"{name}={text!r} is not a number of {'days' if 'DAYS' in name else 'GB'} "
+                                   f"(0 or more); unset it for the default {default:g}")
+        bounds.append(value)
+    return bounds[0] * 86400, int(bounds[1] * 1e9)
+
+
+def prune_after_run(root: Path) -> PruneReport:
+    """Apply `cache_bounds` to the cache at `root`."""
+    max_age_s, max_bytes = cache_bounds()
+    return prune(root, max_age_s=max_age_s, max_bytes=max_bytes)
+
+
+def _retire(folder: Path) -> Path:
+    """Rename a result out of its key first, so no lookup ever sees it half removed."""
+    retired = folder.with_name(f".pruned-{uuid.uuid4().hex[:12]}")
+    os.replace(folder, retired)
+    return retired
+
+
+def human_size(size: float) -> str:
+    """Decimal units, as `du --si` prints them."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError

@@ -1,15 +1,39 @@
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
-# Every test session gets its own Prefect home and model cache, so runs never share a database.
-_SESSION_HOME = Path(tempfile.mkdtemp(prefix="dubflow-tests-"))
+# Every test session gets its own Prefect home, model and stage cache and Dask scratch space, so runs
+# never share a database; all of it is removed when the session ends (after the session's Prefect
+# test server has stopped: atexit runs after the fixtures' teardown).
+_SESSION_PREFIX = "dubflow-tests-"
+_SESSION_PID = "pid"  # in each session folder: the session's process, so a later session can tell it ended
+
+
+def _remove_killed_sessions() -> None:
+    """Session folders of earlier sessions killed before their exit handler ran (their process is gone)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{_SESSION_PREFIX}*"):
+        try:
+            pid = int((folder / _SESSION_PID).read_text())
+            os.kill(pid, 0)
+        except (OSError, ValueError) as exc:
+            if isinstance(exc, ProcessLookupError):
+                shutil.rmtree(folder, ignore_errors=True)
+            # no marker (not a session of this code), or a live process: left alone
+
+
+_remove_killed_sessions()
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix=_SESSION_PREFIX))
+(_SESSION_HOME / _SESSION_PID).write_text(str(os.getpid()))
+atexit.register(shutil.rmtree, _SESSION_HOME, ignore_errors=True)
 os.environ.setdefault("PREFECT_HOME", str(_SESSION_HOME / "prefect"))
 os.environ.setdefault("DUBFLOW_CACHE", str(_SESSION_HOME / "cache"))
+os.environ.setdefault("DASK_TEMPORARY_DIRECTORY", str(_SESSION_HOME / "dask"))
 
 
 @pytest.fixture(scope="session")

@@ -87,8 +87,10 @@ def test_not_a_weights_directory(tmp_path: Path) -> None:
 
 def test_download_without_network_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # this machine has no route to the hub: fail fast, not on a timeout
-    with pytest.raises(WeightsDownloadError, match="network access to huggingface.co"):
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")  # past the token check, to the network
+    with pytest.raises(WeightsDownloadError, match="network access to huggingface.co") as refused:
         download_weights(tmp_path / "w")
+    assert f"to {tmp_path / 'w'}" in str(refused.value) and "dubflow models check" in str(refused.value)
     assert main(["models", "download", str(tmp_path / "w")]) == 1
 
 
