@@ -294,7 +294,7 @@ def download_weights(weights_dir: Path) -> Path:
     except OSError as exc:  # no network, DNS, disk
         raise WeightsDownloadError(
             f"could not download the weights into {weights_dir} ({type(exc).__name__}: {exc}); this needs network "
-            f"access to huggingface.co — or copy a diffusers-format LTX-2.3 directory with {LIPDUB_LORA_FILE} to "
+            f"access to huggingface.co — or copy a diffusers-format LTX-2.3 directory with {DUBIT_LORA_FILE} to "
             f"{weights_dir} from a machine that has them, then run `dubflow models check {weights_dir}`"
         ) from None
     return weights_dir

@@ -177,6 +177,7 @@ def test_download_asks_for_the_dubit_repository(tmp_path: Path, monkeypatch: pyt
     asked = []
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, **kwargs: asked.append(repo))
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, name, **kwargs: asked.append((repo, name)))
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")  # past the token check
     download_weights(tmp_path / "w")
     assert LORA_REPO == "Lightricks/LTX-2.3-22b-IC-LoRA-DubIt"
     assert asked[1] == (LORA_REPO, DUBIT_LORA_FILE)
