@@ -5,12 +5,56 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import lru_cache
 
+import julius
 import numpy as np
 import pyloudnorm
+import torch
 from scipy import ndimage, signal
 
+from dubflow.media.io import DELIVERY_SAMPLE_RATE
 MIN_GATED_SECONDS = 0.4  # BS.1770 needs one 400 ms block before integrated loudness means anything
+
+
+def delivery_length(num_samples: int, sample_rate: int) -> int:
+    """Sample count at 48 kHz of `num_samples` at `sample_rate`: round(n * 48000 / rate), exact."""
+    return round(Fraction(num_samples * DELIVERY_SAMPLE_RATE, sample_rate))
+
+
+@lru_cache(maxsize=16)
+def _resampler(old_sr: int, new_sr: int) -> julius.ResampleFrac:
+    return julius.ResampleFrac(old_sr, new_sr)  # reduces the rates by their gcd itself
+
+
+def resample(x: torch.Tensor, old_sr: int, new_sr: int, output_length: int | None = None,
+             full: bool = False) -> torch.Tensor:
+    """Windowed-sinc resampling (julius, the resampler Demucs itself uses) along the last axis."""
+    if old_sr == new_sr:
+        return x if output_length is None else x[..., :output_length]
+    return _resampler(old_sr, new_sr)(x, output_length=output_length, full=full)
+
+
+def resample_to_delivery(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """(channels, samples) float audio -> float32 at 48 kHz with exactly `delivery_length` samples.
+
+    This is the mix the separator's stems add up to. Resamples one channel at a time to keep the
+    temporaries small. Returns the input itself when it is already float32 at 48 kHz.
+    """
+    audio = np.asarray(audio)
+    if audio.ndim != 2:
+        raise ValueError(f"audio must be (channels, samples), got shape {audio.shape}")
+    if sample_rate == DELIVERY_SAMPLE_RATE:
+        return np.asarray(audio, dtype=np.float32)
+    length = delivery_length(audio.shape[1], sample_rate)
+    out = np.empty((audio.shape[0], length), dtype=np.float32)
+    if length == 0:
+        return out
+    with torch.inference_mode():
+        for channel in range(audio.shape[0]):
+            x = torch.from_numpy(np.ascontiguousarray(audio[channel], dtype=np.float32))
+            out[channel] = resample(x, sample_rate, DELIVERY_SAMPLE_RATE, output_length=length).numpy()
+    return out
 
 
 def fit_length(audio: np.ndarray, samples: int) -> np.ndarray:

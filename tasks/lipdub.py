@@ -19,7 +19,8 @@ from dubflow.models.lipdub import LipDubOutput, SourceShot, build_prompt
 from dubflow.models.ltx2_architectures import LTX_2_3
 from dubflow.models.profiles import RANDOM_WEIGHTS_SEED, ModelProfile, load_lipdub
 from dubflow.media.files import sha256_file
-from dubflow.media.io import AudioTrack, MediaError, audio_layout_name, read_audio, read_frames, write_video, write_wav
+from dubflow.media.conform import conform_soundtrack
+from dubflow.media.io import AudioTrack, MediaError, audio_layout_name, read_frames, write_video, write_wav
 from dubflow.tasks.separate import require_audio_track
 from dubflow.tasks.retries import LIPDUB_TIMEOUT_ENV, STAGE_RETRIES
 from dubflow.tasks.stage_cache import StageCache, stage_key
@@ -27,7 +28,7 @@ from dubflow.tasks.validate import Shot
 
 logger = logging.getLogger(__name__)
 
-LIPDUB_VERSION = 2  # bump when the stage's output changes for the same inputs
+LIPDUB_VERSION = 3  # bump when the stage's output changes for the same inputs
 # After a GPU out-of-memory error the take is tried once more in windows of this many frames
 # (8k+1; about 5 s at 24 fps): each pass holds fewer tokens, so its activations need less memory.
 LOW_MEMORY_WINDOW_FRAMES = 121
@@ -106,10 +107,9 @@ def lipdub_pair(
     ``timeout_s`` bounds the model's work on the leased device (not the wait for the lease, nor the
     model's first load): past it the take is interrupted and the device given back."""
     require_audio_track(shot)
-    audio, sample_rate = read_audio(shot.source)
-    source = SourceShot(
-        read_frames(shot.source), shot.media.fps, voice_reference(audio, shot.media.audio[0].layout), sample_rate
-    )
+    soundtrack = conform_soundtrack(shot.media)
+    source = SourceShot(read_frames(shot.source, shot.media.rotation), shot.media.fps,
+                        voice_reference(soundtrack.samples, soundtrack.layout), soundtrack.sample_rate)
     prompt, seed = row_prompt(row), pair_seed(shot, row.language)
     # The device is held only for the model's work: reading and writing media leave it to the next take.
     with lease_device(profile.device, affinity=shot.sha256) as device:
@@ -142,7 +142,7 @@ def lipdub_pair(
     pair_dir = Path(out_dir)
     pair_dir.mkdir(parents=True, exist_ok=True)
     # Lossless, so the review copy and the ProRes mezzanine are each one generation from the model.
-    picture = write_video(pair_dir / "picture.mov", output.frames, shot.media.fps, codec="png")
+    picture = write_video(pair_dir / "picture.mov", output.frames, shot.media.picture_format, codec="png")
     generated = write_wav(
         pair_dir / "generated.wav",
         AudioTrack(output.audio, output.sample_rate, audio_layout_name(output.audio.shape[0])),

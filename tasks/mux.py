@@ -14,18 +14,19 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from dubflow.tasks.lipdub import DubbedTake
-from dubflow.media.io import iter_frames, probe, read_track, write_video
+from dubflow.media.io import iter_frames, read_picture_format, read_track, write_video
 from dubflow.tasks.remix import RemixedPair
 from dubflow.tasks.retries import STAGE_RETRIES
 from dubflow.tasks.stage_cache import StageCache, stage_key
 
-MUX_VERSION = 1  # bump when the stage's output changes for the same inputs
+MUX_VERSION = 2  # bump when the stage's output changes for the same inputs
 MUX_STAGES = {"h264": "mux", "prores": "mezzanine"}  # cache stage (and task) name per codec
 
 
 def encode_deliverable(picture: Path, mix: Path, out: Path, codec: Literal["h264", "prores"]) -> Path:
-    """The master's frames with the mix: H.264 + AAC in an MP4, or ProRes 422 HQ + 24-bit PCM in a MOV."""
-    return write_video(out, iter_frames(picture), probe(picture).fps, [read_track(mix)], codec=codec)
+    """The master's frames with the mix: H.264 + AAC in an MP4, or ProRes 422 HQ + 24-bit PCM in a MOV,
+    with the rate, SAR and colour tags the master carries from the source."""
+    return write_video(out, iter_frames(picture), read_picture_format(picture), [read_track(mix)], codec=codec)
 
 
 def mux_key(codec: Literal["h264", "prores"], lipdub_key: str, remix_key: str) -> str:

@@ -128,6 +128,10 @@ def validate_manifest(
             problems.append(Problem(row.row, "source", f"unreadable media: {str(exc).replace(str(source), origin)}",
                                     "re-export the locked picture"))
             continue
+        if media.problems:
+            problems.extend(Problem(row.row, "source", f"{origin}: {problem}", "dubflow cannot deliver this picture as it is")
+                            for problem in media.problems)
+            continue
         digest = digest or sha256_file(source)
         lock = locks.get(row.shot_id)
         if lock and lock != digest:

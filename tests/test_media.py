@@ -21,7 +21,7 @@ from dubflow.media.io import (
 
 @pytest.mark.parametrize("shot", SAMPLE_SHOTS, ids=lambda s: s.shot_id)
 def test_probe_is_exact_on_every_sample_shot(samples_dir: Path, shot) -> None:
-    info = probe(samples_dir / "shots" / f"{shot.shot_id}.mov", count_samples=True)
+    info = probe(samples_dir / "shots" / f"{shot.shot_id}.mov")
     assert info.frame_count == shot.frame_count == len(read_frames(info.path))
     assert info.fps == shot.fps and isinstance(info.fps, Fraction)
     assert (info.width, info.height) == (shot.width, shot.height)
