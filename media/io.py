@@ -346,17 +346,6 @@ def _media_from_json(document: dict) -> MediaInfo:
     return MediaInfo(**values)
 
 
-def read_picture_format(path: Path) -> PictureFormat:
-    """The rate, SAR and colour tags a file's picture stream declares (headers only: for masters
-    dubflow wrote itself)."""
-    with av.open(str(path)) as container:
-        video = container.streams.video[0]
-        return PictureFormat(
-            Fraction(video.base_rate or video.average_rate), Fraction(video.sample_aspect_ratio or 1),
-            Colour(int(video.color_primaries), int(video.color_trc), int(video.colorspace), int(video.color_range)),
-        )
-
-
 def iter_frames(path: Path, rotation: int = 0) -> Iterator[np.ndarray]:
     """Yield each picture frame as (height, width, 3) uint8 RGB in presentation order, turned
     upright by `rotation` (the probed display rotation, degrees counter-clockwise).

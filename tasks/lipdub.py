@@ -142,7 +142,7 @@ def lipdub_pair(
     pair_dir = Path(out_dir)
     pair_dir.mkdir(parents=True, exist_ok=True)
     # Lossless, so the review copy and the ProRes mezzanine are each one generation from the model.
-    picture = write_video(pair_dir / "picture.mov", output.frames, shot.media.picture_format, codec="png")
+    picture = write_video(pair_dir / "picture.mov", output.frames, shot.media.fps, codec="png")
     generated = write_wav(
         pair_dir / "generated.wav",
         AudioTrack(output.audio, output.sample_rate, audio_layout_name(output.audio.shape[0])),

@@ -65,7 +65,7 @@ def _deliver(samples_dir, manifest, separator, shot_id, language, work: Path) ->
     take = _stand_in_take(samples_dir, shot, language, work)
     remixed = remix_pair(take, separated, shot, work, separator, EBU_R128)
     files = PairDeliverables(
-        review_copy=mux_pair(take, remixed, work),
+        review_copy=mux_pair(take, remixed, shot, work),
         mix=remixed.mix,
         dialogue=remixed.dialogue,
         bed=separated.bed,
