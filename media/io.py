@@ -6,15 +6,22 @@ timed by their presentation timestamps, every audio stream with its start and de
 picture's display geometry and colour tags, and every reason dubflow cannot deliver it. Audio is
 decoded to float32 without any change of sample rate or channel layout unless the caller asks.
 
-PyAV's `AudioFrame.planes` reads one pointer past `AVFrame.data` for planar audio of exactly eight
-channels (7.1): `to_ndarray` then follows a garbage pointer (SIGSEGV, "double free or corruption").
-Audio is therefore only ever converted to packed samples before it becomes an array, and `probe`
-runs in a child process, so whatever else a file can make FFmpeg do ends that child, not the batch.
+Two ways PyAV 18 crashes on 7.1 sound ("double free or corruption", SIGABRT or SIGSEGV), found with
+ffmpeg-made files: `AudioFrame.planes` reads one pointer past `AVFrame.data` for planar audio of
+exactly eight channels, so `to_ndarray` follows a garbage pointer; and a frame whose channels come
+in a custom order (what FFmpeg reads from a 7.1 PCM MOV: "8 channels (FL+FR+…)") has its channel
+map freed twice: `AudioLayout` copies the C struct without its map and frees the map when it goes,
+and so does its owner (a stream's codec context, a frame). Audio is therefore only converted to
+packed samples before it becomes an array; the probe reads each stream's layout once, keeps it to
+the end and leaves without tearing down, and never decodes a stream in a custom order (validate
+refuses it); and `probe` runs in a child process, so whatever else a file can make FFmpeg do ends
+that child, not the batch.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -42,6 +49,8 @@ _DEFAULT_ORDER_LAYOUTS = {"1 channels", "2 channels", "6 channels", "5.1(back)"}
 # (container time bases round timestamps: Matroska keeps milliseconds).
 _GRID_TOLERANCE = Fraction(1, 4)
 _UNSPECIFIED_COLOUR = 2  # AVCOL_PRI/TRC/SPC_UNSPECIFIED
+_RGB_MATRIX = 0  # AVCOL_SPC_RGB: the picture is stored as RGB (PNG, DPX, ...)
+_LIMITED, _FULL = 1, 2  # AVCOL_RANGE_MPEG, AVCOL_RANGE_JPEG
 
 
 class MediaError(Exception):
@@ -78,6 +87,15 @@ class Colour:
     matrix: int = _UNSPECIFIED_COLOUR
     range: int = 0
 
+    def for_codec(self, codec: str) -> Colour:
+        """The tags a deliverable in `codec` carries: these, but ProRes is limited range only."""
+        return replace(self, range=_LIMITED) if codec == "prores" and self.range == _FULL else self
+
+    def matches(self, other: Colour) -> bool:
+        """The same tags, an unspecified range read as limited (what players assume, and what an
+        encoder leaves unsaid)."""
+        return replace(self, range=_range(self.range)) == replace(other, range=_range(other.range))
+
 
 @dataclass(frozen=True)
 class PictureFormat:
@@ -113,6 +131,10 @@ class MediaInfo:
 
     @property
     def picture_format(self) -> PictureFormat:
+        """How the deliverables are tagged: as the source, except that an RGB source's YUV
+        deliverables carry no matrix or range of its own (they are encoded BT.601, limited range)."""
+        if self.colour.matrix == _RGB_MATRIX:
+            return PictureFormat(self.fps, self.sar, replace(self.colour, matrix=_UNSPECIFIED_COLOUR, range=0))
         return PictureFormat(self.fps, self.sar, self.colour)
 
     @property
@@ -139,6 +161,12 @@ class MediaInfo:
             width, height = self.display_size
             notes.append(f"the picture is stored turned ({self.rotation}° display rotation): it is rendered "
                          f"upright ({width}×{height}) for the model and every deliverable, with no rotation tag")
+        if self.colour.matrix == _RGB_MATRIX:
+            notes.append(f"the picture is stored as RGB ({self.pix_fmt}): the deliverables are YUV, converted with "
+                         "BT.601 in limited range and tagged with no matrix or range")
+        if self.colour.range == _FULL:
+            notes.append("full-range picture: the review MP4 keeps full range; the ProRes mezzanine is limited range "
+                         "(ProRes has no full range)")
         if self.alpha:
             notes.append(f"the picture's alpha channel ({self.pix_fmt}) is dropped: deliverables are opaque")
         if self.width % 2 or self.height % 2:
@@ -185,8 +213,8 @@ def probe(path: Path) -> MediaInfo:
     return _media_from_json(json.loads(done.stdout))
 
 
-def probe_in_process(path: Path) -> MediaInfo:
-    """`probe`'s work, in this process: only for the child `probe` starts, and for files dubflow wrote."""
+def _probe_in_process(path: Path) -> MediaInfo:
+    """`probe`'s work, in the child process `probe` starts (see the module doc: it ends with os._exit)."""
     path = Path(path)
     try:
         container = av.open(str(path))
@@ -207,7 +235,7 @@ def probe_in_process(path: Path) -> MediaInfo:
                         int(video.color_range))
         sar = Fraction(video.sample_aspect_ratio or 1)
         codec = context.name
-        times, rotation, corrupt = _decode_picture(container, video)
+        times, last_duration, rotation, corrupt = _decode_picture(container, video)
     if not times:
         raise MediaError(f"{path}: video stream holds no frames" + (f" ({corrupt})" if corrupt else ""))
     audio = tuple(_probe_audio(path, index) for index in range(_audio_stream_count(path)))
@@ -216,7 +244,7 @@ def probe_in_process(path: Path) -> MediaInfo:
         video_codec=codec, audio=audio, start=times[0], rotation=rotation, sar=sar, colour=colour,
         alpha=_has_alpha(pix_fmt), soundtrack=_soundtrack_streams(audio),
     )
-    problems = _timing_problems(times, fps, declared_end, corrupt) + _soundtrack_problems(info)
+    problems = _timing_problems(times, last_duration or 1 / fps, fps, declared_end, corrupt) + _soundtrack_problems(info)
     return replace(info, problems=tuple(problems))
 
 
@@ -228,11 +256,12 @@ def _declared_end(video: av.VideoStream, container: av.container.InputContainer)
 
 
 def _decode_picture(container: av.container.InputContainer,
-                    video: av.VideoStream) -> tuple[list[Fraction], int, str | None]:
-    """Presentation times of every frame that decodes, the display rotation, and a decode error."""
+                    video: av.VideoStream) -> tuple[list[Fraction], Fraction, int, str | None]:
+    """Presentation times of every frame that decodes, the last frame's duration (0: unknown), the
+    display rotation, and a decode error."""
     video.thread_type = "AUTO"
     times: list[Fraction] = []
-    rotation = 0
+    last_duration, rotation = Fraction(0), 0
     try:
         for frame in container.decode(video):
             if not times:
@@ -241,26 +270,28 @@ def _decode_picture(container: av.container.InputContainer,
             if timestamp is None:
                 raise MediaError(f"{container.name}: frame {len(times)} carries no timestamp")
             times.append(Fraction(timestamp) * frame.time_base)
+            last_duration = Fraction(frame.duration or 0) * frame.time_base
     except av.error.FFmpegError as exc:
-        return times, rotation, f"decoding stopped after {len(times)} frames: {exc}"
-    return times, rotation, None
+        return times, last_duration, rotation, f"decoding stopped after {len(times)} frames: {exc}"
+    return times, last_duration, rotation, None
 
 
-def _timing_problems(times: list[Fraction], fps: Fraction, declared_end: Fraction | None,
+def _timing_problems(times: list[Fraction], last_duration: Fraction, fps: Fraction, declared_end: Fraction | None,
                      corrupt: str | None) -> list[str]:
     problems = [f"the picture is corrupt: {corrupt}; re-export it"] if corrupt else []
-    decoded_end = times[-1] + 1 / fps
-    if declared_end is not None and declared_end - decoded_end > 1 / fps:
+    decoded_end = times[-1] + last_duration
+    # More than two frames missing: a container's own duration may round or pad its last frame.
+    if declared_end is not None and declared_end - decoded_end > 2 * (decoded_end - times[0]) / len(times):
         problems.append(
-            f"the file is cut short: it declares {float(declared_end):.3f} s of picture but only "
+            f"the file is truncated: it declares {float(declared_end):.3f} s of picture but only "
             f"{len(times)} frames ({float(decoded_end):.3f} s) decode; copy or export it again")
     if _grid_error(times, fps) > _GRID_TOLERANCE:
         intervals = [b - a for a, b in zip(times, times[1:]) if b > a]
         slowest, fastest = (1 / max(intervals), 1 / min(intervals)) if intervals else (fps, fps)
         problems.append(
-            f"variable frame rate: frames are {float(slowest):.3f}–{float(fastest):.3f} fps apart (declared "
-            f"{fps}), so no constant rate shows every frame at its time; conform the picture to a constant rate "
-            f"first (e.g. ffmpeg -vf fps={fps}) and re-export")
+            f"variable frame rate: frames are {float(slowest):.3f}–{float(fastest):.3f} fps apart, so no constant "
+            "rate shows every frame at its time; conform the picture to one constant rate first (e.g. ffmpeg "
+            "-vf fps=24000/1001 for 23.976) and re-export")
     return problems
 
 
@@ -280,9 +311,11 @@ def _probe_audio(path: Path, index: int) -> AudioStreamInfo:
     """Decode one audio stream through: where its first sample plays and how many there are."""
     with av.open(str(path)) as container:
         stream = container.streams.audio[index]
+        layout = stream.layout
+        _KEPT_LAYOUTS.append(layout)  # freed by no one before the child exits (see the module doc)
         start, samples = None, 0
         try:
-            for frame in container.decode(stream):
+            for frame in () if _custom_order(layout.name) else container.decode(stream):
                 if start is None and frame.pts is not None:
                     start = Fraction(frame.pts) * frame.time_base - Fraction(samples, frame.sample_rate)
                 samples += frame.samples
@@ -290,10 +323,18 @@ def _probe_audio(path: Path, index: int) -> AudioStreamInfo:
             raise MediaError(f"{path}: audio stream #{index} is corrupt after {samples} samples ({exc})") from exc
         metadata = stream.metadata
         return AudioStreamInfo(
-            index=index, codec=stream.codec_context.name, sample_rate=stream.rate, channels=stream.channels,
-            layout=stream.layout.name, start=start if start is not None else Fraction(0), samples=samples,
+            index=index, codec=stream.codec_context.name, sample_rate=stream.rate, channels=layout.nb_channels,
+            layout=layout.name, start=start if start is not None else Fraction(0), samples=samples,
             title=metadata.get("title") or metadata.get("handler_name", ""),
         )
+
+
+_KEPT_LAYOUTS: list[av.AudioLayout] = []
+
+
+def _custom_order(layout: str) -> bool:
+    """A layout FFmpeg names channel by channel, e.g. "8 channels (FL+FR+FC+LFE+SL+SR+BL+BR)"."""
+    return "+" in layout
 
 
 def _has_alpha(pix_fmt: str) -> bool:
@@ -321,10 +362,11 @@ def _soundtrack_problems(info: MediaInfo) -> list[str]:
         what = f"{len(streams)} mono tracks ({channels} channels)" if len(streams) > 1 else f"{layout} ({channels} channels)"
         problems.append(
             f"the soundtrack is {what}: dubflow separates dialogue from mono, stereo and 5.1 only (5.1 from its "
-            "centre channel); deliver the production mix as one of those (e.g. fold a 7.1 down to 5.1)")
+            "centre channel) and refuses 7.1; deliver the production mix as one of those in a standard channel "
+            "order (e.g. fold a 7.1 down to 5.1: ffmpeg -ac 6)")
     if len({stream.sample_rate for stream in streams}) > 1:
         problems.append("the soundtrack's mono tracks have different sample rates; export them at one rate")
-    if any(stream.samples == 0 for stream in streams):
+    if any(stream.samples == 0 and not _custom_order(stream.layout) for stream in streams):
         problems.append(f"{streams[0].describe()} decodes to no samples; re-export the production sound")
     return problems
 
@@ -369,11 +411,11 @@ def read_frames(path: Path, rotation: int = 0) -> np.ndarray:
 
 def _matrix(colorspace: int) -> int:
     """A YUV matrix swscale knows: the declared one, BT.601 (swscale's default) when unspecified."""
-    return int(colorspace) if int(colorspace) not in (_UNSPECIFIED_COLOUR, 0) else 5  # AVCOL_SPC_BT470BG
+    return int(colorspace) if int(colorspace) not in (_UNSPECIFIED_COLOUR, _RGB_MATRIX) else 5  # AVCOL_SPC_BT470BG
 
 
 def _range(color_range: int) -> int:
-    return 2 if int(color_range) == 2 else 1  # AVCOL_RANGE_JPEG, else MPEG (limited)
+    return _FULL if int(color_range) == _FULL else _LIMITED
 
 
 def read_audio(path: Path, stream_index: int = 0) -> tuple[np.ndarray, int]:
@@ -469,6 +511,7 @@ def write_video(
             video = container.add_stream("png", rate=picture.fps)
             video.pix_fmt = "rgb24"
         video.width, video.height = width, height
+        picture = replace(picture, colour=picture.colour.for_codec(codec))
         _tag_picture(video, picture)
         audio_streams = [
             container.add_stream(audio_codec, rate=track.sample_rate, layout=track.layout)
@@ -535,10 +578,17 @@ def encode_audio(container: av.container.OutputContainer, stream: av.AudioStream
     container.mux(stream.encode(None))
 
 
-if __name__ == "__main__":
-    # The child `probe` runs: one file, its MediaInfo as JSON on stdout, a MediaError as the last line of stderr.
+def _probe_child(path: str) -> None:
+    """The child `probe` runs: the MediaInfo as JSON on stdout, or a MediaError as the last line of
+    stderr (exit status 1). It leaves by os._exit: no teardown frees a kept layout's map a second time."""
     try:
-        print(_media_to_json(probe_in_process(Path(sys.argv[1]))))
+        print(_media_to_json(_probe_in_process(Path(path))), flush=True)
+        status = 0
     except MediaError as error:
-        print(error, file=sys.stderr)
-        sys.exit(1)
+        print(error, file=sys.stderr, flush=True)
+        status = 1
+    os._exit(status)
+
+
+if __name__ == "__main__":
+    _probe_child(sys.argv[1])

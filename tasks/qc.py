@@ -46,7 +46,7 @@ from dubflow.media.audio import (
 )
 from dubflow.media.files import atomic_write_bytes
 from dubflow.media.conform import conform_notes, conform_soundtrack
-from dubflow.media.io import DELIVERY_SAMPLE_RATE, PCM24_MAX, MediaInfo, probe, read_audio
+from dubflow.media.io import DELIVERY_SAMPLE_RATE, PCM24_MAX, Colour, MediaInfo, probe, read_audio
 from dubflow.tasks.remix import RemixedPair
 from dubflow.tasks.separate import SeparatedShot
 from dubflow.tasks.retries import STAGE_RETRIES
@@ -162,7 +162,7 @@ def check_wav(name: str, path: Path, channels: int, duration: Fraction) -> list[
     ]
 
 
-def check_picture(name: str, path: Path, source: MediaInfo, mix: Path) -> list[Check]:
+def check_picture(name: str, path: Path, source: MediaInfo, mix: Path, codec: str) -> list[Check]:
     """Frame count, rate and display geometry against the source, audio length against the
     picture, and A/V offset."""
     picture = probe(path)
@@ -170,14 +170,15 @@ def check_picture(name: str, path: Path, source: MediaInfo, mix: Path) -> list[C
     audio_s, offset_ms = _audio_on_picture_timeline(path, mix)
     drift_ms = float(abs(audio_s - picture_s) * 1000)
     size, source_size = "×".join(map(str, picture.display_size)), "×".join(map(str, source.display_size))
+    expected_colour = source.picture_format.colour.for_codec(codec)
     checks = [
         Check(f"{name} frame count", picture.frame_count == source.frame_count, str(picture.frame_count),
               str(source.frame_count)),
         Check(f"{name} frame rate", picture.fps == source.fps, str(picture.fps), f"{source.fps} exactly"),
         Check(f"{name} display size", size == source_size and picture.sar == source.sar,
               f"{size}, SAR {picture.sar}", f"{source_size}, SAR {source.sar} (the source, upright)"),
-        Check(f"{name} colour tags", picture.colour == source.colour, _colour_text(picture),
-              f"{_colour_text(source)} (the source's)"),
+        Check(f"{name} colour tags", picture.colour.matches(expected_colour), _colour_text(picture.colour),
+              f"{_colour_text(expected_colour)} (the source's; unspecified range = limited)"),
         Check(f"{name} audio duration", drift_ms <= DURATION_TOLERANCE_MS,
               f"audio {float(audio_s):.6f} s, picture {float(picture_s):.6f} s ({drift_ms:.3f} ms apart)",
               f"audio as long as the picture ± {DURATION_TOLERANCE_MS:g} ms"),
@@ -186,8 +187,7 @@ def check_picture(name: str, path: Path, source: MediaInfo, mix: Path) -> list[C
     return checks
 
 
-def _colour_text(media: MediaInfo) -> str:
-    colour = media.colour
+def _colour_text(colour: Colour) -> str:
     return f"primaries {colour.primaries}, transfer {colour.transfer}, matrix {colour.matrix}, range {colour.range}"
 
 
@@ -321,9 +321,9 @@ def qc_pair(
     media = shot.media
     duration = media.duration
     channels = media.soundtrack_channels
-    checks = check_picture("review copy", files.review_copy, media, files.mix)
+    checks = check_picture("review copy", files.review_copy, media, files.mix, "h264")
     if files.mezzanine is not None:
-        checks += check_picture("mezzanine", files.mezzanine, media, files.mix)
+        checks += check_picture("mezzanine", files.mezzanine, media, files.mix, "prores")
         checks += check_mezzanine_format(files.mezzanine)
     for name, path in (("mix", files.mix), ("dialogue", files.dialogue), ("M&E", files.bed)):
         checks += check_wav(name, path, channels, duration)

@@ -129,7 +129,7 @@ def validate_manifest(
                                     "re-export the locked picture"))
             continue
         if media.problems:
-            problems.extend(Problem(row.row, "source", f"{origin}: {problem}", "dubflow cannot deliver this picture as it is")
+            problems.extend(Problem(row.row, "source", f"{origin}: {problem}", "re-export the source as the message says, or drop its rows")
                             for problem in media.problems)
             continue
         digest = digest or sha256_file(source)
