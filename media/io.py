@@ -224,11 +224,11 @@ def _probe_in_process(path: Path) -> MediaInfo:
         if not container.streams.video:
             raise MediaError(f"{path}: has no video stream")
         video = container.streams.video[0]
-        fps = video.base_rate or video.average_rate
-        if not fps:
+        # The rates the container offers, most trusted first: r_frame_rate, then the average.
+        rates = [Fraction(rate) for rate in (video.base_rate, video.average_rate, video.guessed_rate) if rate]
+        if not rates:
             raise MediaError(f"{path}: video stream declares no frame rate")
-        fps = Fraction(fps)
-        declared_end = _declared_end(video, container)
+        declared_end = _declared_end(video)
         context = video.codec_context
         width, height, pix_fmt = context.width, context.height, context.pix_fmt or "unknown"
         colour = Colour(int(video.color_primaries), int(video.color_trc), int(video.colorspace),
@@ -238,6 +238,8 @@ def _probe_in_process(path: Path) -> MediaInfo:
         times, last_duration, rotation, corrupt = _decode_picture(container, video)
     if not times:
         raise MediaError(f"{path}: video stream holds no frames" + (f" ({corrupt})" if corrupt else ""))
+    # The first rate whose grid every frame sits on (see _grid_error); none: the first, refused as VFR.
+    fps = next((rate for rate in rates if _grid_error(times, rate) <= _GRID_TOLERANCE), rates[0])
     audio = tuple(_probe_audio(path, index) for index in range(_audio_stream_count(path)))
     info = MediaInfo(
         path=path, frame_count=len(times), fps=fps, width=width, height=height, pix_fmt=pix_fmt,
@@ -248,7 +250,7 @@ def _probe_in_process(path: Path) -> MediaInfo:
     return replace(info, problems=tuple(problems))
 
 
-def _declared_end(video: av.VideoStream, container: av.container.InputContainer) -> Fraction | None:
+def _declared_end(video: av.VideoStream) -> Fraction | None:
     """Where the container says the picture ends (seconds), to find a file cut short."""
     if video.duration and video.time_base:
         return Fraction(video.start_time or 0) * video.time_base + Fraction(video.duration) * video.time_base

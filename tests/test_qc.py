@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import replace
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from dubflow.manifests.schema import ManifestRow
 from dubflow.models.separator import SeparatorSpec, build_smoke_separator
 from dubflow.media.audio import EBU_R128, fit_length, picture_samples
 from dubflow.tasks.lipdub import DubbedTake
-from dubflow.media.io import AudioTrack, quantize_pcm24, read_audio, read_frames, read_track, write_video, write_wav
+from dubflow.media.io import AudioTrack, Colour, PictureFormat, quantize_pcm24, read_audio, read_frames, read_track, write_video, write_wav
 from dubflow.tasks.mux import mux_pair
 from dubflow.tasks.qc import PairDeliverables, QCFailedError, qc_deliverables, qc_pair
 from dubflow.tasks.remix import place_dialogue, remix_pair
@@ -208,3 +209,14 @@ def test_a_failed_pair_is_delivered_only_when_warnings_are_allowed(stereo_pair, 
     assert "delivered anyway: QC warnings allowed" in summary
     assert "FAIL  loudness (custom:-5:0.5:-1)" in summary.splitlines()[6]  # failures listed first
     assert f"{len(report['checks'])} checks" in summary.splitlines()[0]
+
+
+def test_qc_reports_a_review_copy_that_loses_the_source_geometry_and_colour(stereo_pair, tmp_path) -> None:
+    shot = stereo_pair["shot"]
+    frames = read_frames(stereo_pair["take"].picture)
+    squeezed = PictureFormat(shot.media.fps, Fraction(4, 3), Colour(primaries=9, transfer=16, matrix=9, range=1))
+    wrong = write_video(tmp_path / "wrong.mp4", frames, squeezed, [read_track(stereo_pair["files"].mix)])
+    failed = _failed(qc_pair(shot, "fr", _planted(stereo_pair, tmp_path, review_copy=wrong)))
+    height, width = frames.shape[1:3]
+    assert failed == {"review copy display size": f"{width}×{height}, SAR 4/3",
+                      "review copy colour tags": "primaries 9, transfer 16, matrix 9, range 1"}
