@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -238,8 +239,10 @@ CORPUS: tuple[Case, ...] = (
     _case("mov_prores4444_alpha", suffix=".mov", video_filter="format=yuva444p10le",
           video=("-c:v", "prores_ks", "-profile:v", "4444", "-pix_fmt", "yuva444p10le"), audio=("-c:a", "pcm_s24le")),
     _case("mp4_rotated_90", size=(96, 64), after=rotate_90),
-    _case("mov_png_odd_size_1_frame", suffix=".mov", video_filter="scale=85:49,setsar=1", video=("-c:v", "png"),
-          audio=("-c:a", "pcm_s24le"), frames=1, marker_at=Fraction(1, 200)),
+    _case("mov_png_odd_size", suffix=".mov", video_filter="scale=85:49,setsar=1", video=("-c:v", "png"),
+          audio=("-c:a", "pcm_s24le")),
+    # the shortest shot there is
+    _case("mov_1_frame", **PCM_MOV, frames=1, marker_at=Fraction(1, 200)),
     # dubflow may take 7.1 like 5.1 or refuse it at validate; never crash on it
     _case("mov_71", **PCM_MOV, layout="7.1", refused=r"7\.1|8 channels|eight channels", either_way=True),
     # what must be refused at validate, naming what was found
@@ -261,21 +264,21 @@ def generate_corpus(directory: Path, cases: Sequence[Case] = CORPUS) -> dict[str
     return {case.name: write_case(case, directory) for case in cases}
 
 
-def remix_counts_source(directory: Path, counts: Sequence[int], fps: Fraction = NTSC_FILM) -> dict[int, Path]:
-    """One MOV (H.264 + 24-bit PCM, 32x32) per frame count, all written by one ffmpeg process, each with
-    its marker at a fifth of the shot."""
+def remix_counts_source(directory: Path, counts: Sequence[int], fps: Fraction = NTSC_FILM) -> dict[int, tuple[Path, Path]]:
+    """One MOV (H.264 + 24-bit PCM, 32x32) per frame count, its marker at a fifth of the shot, and its
+    soundtrack alone as a 24-bit WAV beside it, all written by one ffmpeg process: {count: (mov, wav)}."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = {}
     args: list[str] = []
-    for index, count in enumerate(counts):
+    for count in counts:
         seconds = count / fps
         args += ["-f", "lavfi", "-i", f"testsrc2=size=32x32:rate={fps.numerator}/{fps.denominator},trim=end_frame={count}",
                  "-f", "lavfi", "-i", soundtrack_source(seconds, seconds / 5, 2)]
     for index, count in enumerate(counts):
-        paths[count] = directory / f"frames_{count:03d}.mov"
-        args += ["-map", f"{2 * index}:v", "-map", f"{2 * index + 1}:a",
-                 "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "pcm_s24le",
-                 str(paths[count])]
+        paths[count] = (directory / f"frames_{count:03d}.mov", directory / f"frames_{count:03d}.wav")
+        args += ["-map", f"{2 * index}:v", "-map", f"{2 * index + 1}:a", "-c:v", "libx264", "-preset", "ultrafast",
+                 "-pix_fmt", "yuv420p", "-c:a", "pcm_s24le", str(paths[count][0]),
+                 "-map", f"{2 * index + 1}:a", "-c:a", "pcm_s24le", str(paths[count][1])]
     ffmpeg(*args)
     return paths
 
@@ -398,16 +401,26 @@ def marker_in_wav(path: Path) -> float:
     return find_marker(decode_audio(path))
 
 
-def ebur128(path: Path) -> tuple[float, float]:
-    """(integrated loudness LUFS, true peak dBTP) by ffmpeg's own EBU R128 meter (`ebur128=peak=true`)."""
+def ebur128(source: Path | np.ndarray, rate: int = RATE, layout: str | None = None) -> tuple[float, float]:
+    """(integrated loudness LUFS, true peak dBTP) by ffmpeg's own EBU R128 meter (`ebur128=peak=true`),
+    of a file's first audio stream or of (channels, samples) float audio piped to ffmpeg raw.
+
+    Read from the meter's per-frame metadata (three decimals; its summary rounds to one)."""
+    if isinstance(source, np.ndarray):
+        channels = source.shape[0]
+        layout = layout or {1: "mono", 2: "stereo", 6: "5.1"}[channels]
+        inputs = ["-f", "f32le", "-ar", str(rate), "-ac", str(channels), "-channel_layout", layout, "-i", "-"]
+        data = np.ascontiguousarray(np.asarray(source, dtype="<f4").T).tobytes()
+    else:
+        inputs, data = ["-i", str(source)], None
     result = subprocess.run(
-        ["ffmpeg", "-hide_banner", "-nostats", "-nostdin", "-i", str(path), "-map", "0:a:0",
-         "-af", "ebur128=peak=true", "-f", "null", "-"],
-        check=True, capture_output=True, text=True)
-    summary = result.stderr[result.stderr.rindex("Summary:"):]
-    integrated = float(summary.split("I:")[1].split("LUFS")[0])
-    peak = float(summary.split("Peak:")[1].split("dBFS")[0])
-    return integrated, peak
+        ["ffmpeg", "-hide_banner", "-nostats", "-nostdin", "-loglevel", "error", *inputs, "-map", "0:a:0",
+         "-af", "ebur128=peak=true:metadata=1,ametadata=print:file=-", "-f", "null", "-"],
+        input=data, check=True, capture_output=True)
+    text = result.stdout.decode()
+    integrated = float(re.findall(r"lavfi\.r128\.I=(\S+)", text)[-1])
+    peak = max(float(value) for value in re.findall(r"lavfi\.r128\.true_peak=(\S+)", text))
+    return integrated, db(peak) if peak > 0 else -math.inf
 
 
 def db(value: float) -> float:

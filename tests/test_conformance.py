@@ -181,21 +181,31 @@ def delivery(prefect_server, corpus, tmp_path_factory: pytest.TempPathFactory) -
     return run_dir, pairs
 
 
-def check_pictures_match(source: Source, pictures: list[Path]) -> None:
+def check_pictures_match(source: Source, pictures: list[Path], qc_summary: str = "") -> None:
     """Frame count, exact rate, display geometry, channel count, known colour tags and the marker of
-    each delivered picture file against the source, all by ffprobe / ffmpeg."""
+    each delivered picture file against the source, all by ffprobe / ffmpeg. The range may change
+    only where the QC report says so (ProRes has no full range)."""
     for path in pictures:
         delivered = probe_picture(path)
         assert (delivered.frames, delivered.rate) == (source.picture.frames, source.picture.rate), path.name
         assert display_size(delivered) == pytest.approx(display_size(source.picture), abs=_sar_rounding(source.picture)), \
             (path.name, delivered, source.picture)
         assert "a" not in delivered.pix_fmt.replace("yuv", "").replace("gray", ""), delivered.pix_fmt  # no alpha
-        for key, value in source.picture.colour.items():
-            if value != "unknown":
-                assert delivered.colour[key] == value, (path.name, key, delivered.colour)
+        delivered_colour, source_colour = known_colour(delivered), known_colour(source.picture)
+        if delivered_colour["color_range"] != source_colour["color_range"]:
+            assert re.search(r"(?i)note: .*range", qc_summary), (path.name, "range changed without a QC note")
+            delivered_colour["color_range"] = source_colour["color_range"]
+        assert delivered_colour == source_colour, path.name
         (sound,) = probe_sounds(path)
         assert sound.channels == source.channels, path.name
         assert marker_on_picture_timeline(path) == pytest.approx(source.marker_s, abs=SYNC_TOLERANCE_S), path.name
+
+
+def known_colour(picture: Picture) -> dict[str, str]:
+    """The colour tags a source states, which its deliveries must state too. An untagged range is
+    limited range by convention (every player reads it so), so "unknown" and "tv" are one range."""
+    colour = {**picture.colour, "color_range": picture.colour["color_range"].replace("unknown", "tv")}
+    return {key: value for key, value in colour.items() if value != "unknown"}
 
 
 def display_size(picture: Picture) -> tuple[float, float]:
@@ -227,7 +237,8 @@ def test_every_case_is_delivered_exactly(delivery, corpus, case: Case) -> None:
     source = measure_source(case, corpus[case.name])
     pair_dir = run_dir / case.name / LANGUAGE
     prefix = f"{case.name}_{LANGUAGE}"
-    check_pictures_match(source, [pair_dir / f"{prefix}.mp4", pair_dir / f"{prefix}.mov"])
+    summary = (pair_dir / f"{prefix}_qc.txt").read_text(encoding="utf-8")
+    check_pictures_match(source, [pair_dir / f"{prefix}.mp4", pair_dir / f"{prefix}.mov"], summary)
     for wav in (run_dir / case.name / f"{case.name}_me.wav", pair_dir / f"{prefix}_mix.wav", pair_dir / f"{prefix}_dx.wav"):
         (sound,) = probe_sounds(wav)
         assert (sound.codec, sound.sample_rate, sound.channels) == ("pcm_s24le", RATE, source.channels), wav.name
@@ -267,7 +278,7 @@ COUNTS = range(1, 121)
 
 
 @pytest.fixture(scope="module")
-def counts(tmp_path_factory: pytest.TempPathFactory, corpus):
+def counts(tmp_path_factory: pytest.TempPathFactory):
     """One shot per frame count at 24000/1001 (H.264 + PCM by ffmpeg), validated by dubflow; its M&E
     is the shot's own soundtrack and its original dialogue silence, both written by ffmpeg; the
     take's generated speech is a tone at LipDub's 16 kHz, also by ffmpeg."""
@@ -276,7 +287,7 @@ def counts(tmp_path_factory: pytest.TempPathFactory, corpus):
 
     directory = tmp_path_factory.mktemp("counts")
     sources = remix_counts_source(directory, COUNTS)
-    manifest = validate_manifest(write_manifest(directory / "m.csv", {f"n{n:03d}": p for n, p in sources.items()}))
+    manifest = validate_manifest(write_manifest(directory / "m.csv", {f"n{n:03d}": mov for n, (mov, _) in sources.items()}))
     ffmpeg("-f", "lavfi", "-i", "anullsrc=r=48000:cl=stereo", "-t", "6", "-c:a", "pcm_s24le",
            str(directory / "silence.wav"))
     ffmpeg("-f", "lavfi", "-i", "sine=f=300:r=16000:d=2", "-ac", "2", "-c:a", "pcm_s24le",
@@ -293,10 +304,9 @@ def test_the_remix_is_sample_exact_at_every_frame_count(counts, frames: int) -> 
 
     directory, sources, manifest, separator = counts
     shot = manifest.shots[f"n{frames:03d}"]
-    bed = directory / f"bed_{frames:03d}.wav"
-    ffmpeg("-i", str(sources[frames]), "-map", "0:a", "-c:a", "pcm_s24le", str(bed))
+    picture, bed = sources[frames]
     separated = SeparatedShot(shot.shot_id, bed, directory / "silence.wav", bed, "stereo", (0, 1))
-    take = DubbedTake(shot.shot_id, LANGUAGE, "prompt", 0, sources[frames], directory / "generated.wav")
+    take = DubbedTake(shot.shot_id, LANGUAGE, "prompt", 0, picture, directory / "generated.wav")
     remixed = remix_pair(take, separated, shot, directory / f"remix_{frames:03d}", separator)
     expected = frames * 2002  # 48000 × 1001 / 24000 samples a frame, exactly
     for wav in (remixed.mix, remixed.dialogue):
