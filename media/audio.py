@@ -155,9 +155,9 @@ def parse_loudness_profile(text: str) -> LoudnessProfile:
 # gaps under 300 ms (between words) are bridged and blips under 100 ms dropped.
 _ACTIVITY_FRAME_S = 0.02
 _ACTIVITY_RANGE_DB = 35.0
-_ACTIVITY_FLOOR_DBFS = -70.0
+SILENCE_FLOOR_DBFS = -70.0
 _ACTIVITY_BRIDGE_S = 0.3
-_ACTIVITY_MIN_S = 0.1
+MIN_DIALOGUE_S = 0.1
 
 
 def dialogue_regions(dialogue: np.ndarray, sample_rate: int) -> list[tuple[int, int]]:
@@ -169,7 +169,7 @@ def dialogue_regions(dialogue: np.ndarray, sample_rate: int) -> list[tuple[int, 
     padded = fit_length(np.asarray(dialogue, dtype=np.float64), frames * frame)
     power = (padded**2).reshape(padded.shape[0], frames, frame).mean(axis=(0, 2))
     level = 10 * np.log10(np.maximum(power, 1e-20))
-    threshold = max(_ACTIVITY_FLOOR_DBFS, float(level.max()) - _ACTIVITY_RANGE_DB)
+    threshold = max(SILENCE_FLOOR_DBFS, float(level.max()) - _ACTIVITY_RANGE_DB)
     runs = _runs(level > threshold)
     merged: list[list[int]] = []
     for start, end in runs:
@@ -180,7 +180,7 @@ def dialogue_regions(dialogue: np.ndarray, sample_rate: int) -> list[tuple[int, 
     return [
         (start * frame, min(end * frame, dialogue.shape[-1]))
         for start, end in merged
-        if (end - start) * _ACTIVITY_FRAME_S >= _ACTIVITY_MIN_S
+        if (end - start) * _ACTIVITY_FRAME_S >= MIN_DIALOGUE_S
     ]
 
 
