@@ -22,14 +22,17 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 import av
 import numpy as np
@@ -197,20 +200,73 @@ def probe(path: Path) -> MediaInfo:
     Raises MediaError when the file cannot be read at all; what can be read but not delivered is
     listed in `MediaInfo.problems`.
     """
-    path = Path(path)
-    try:
-        done = subprocess.run([sys.executable, "-m", "dubflow.media.io", str(path)], capture_output=True,
-                              timeout=PROBE_TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired:
-        raise MediaError(f"{path}: reading it through took over {PROBE_TIMEOUT_S:g} s; the file may be damaged") from None
-    if done.returncode < 0:
-        name = signal.Signals(-done.returncode).name
-        raise MediaError(f"{path}: FFmpeg crashed reading this file ({name}); re-export it (e.g. with ffmpeg "
-                         "into MOV/ProRes + PCM) and check it plays") from None
-    if done.returncode != 0:
-        message = done.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise MediaError(message[-1] if message else f"{path}: probing failed with exit status {done.returncode}")
-    return _media_from_json(json.loads(done.stdout))
+    (found,) = probe_many([Path(path)])
+    if isinstance(found, MediaError):
+        raise found
+    return found
+
+
+def probe_many(paths: Sequence[Path], processes: int | None = None) -> list[MediaInfo | MediaError]:
+    """`probe` for many files, in that order: each a MediaInfo, or the MediaError that says why not.
+
+    The files are shared out over `processes` child processes (default: one per CPU), each probing
+    its files one after the other; a child that crashes or hangs on a file (no answer within
+    PROBE_TIMEOUT_S) costs only that file, and a new child takes the rest of its share.
+    """
+    paths = [Path(path) for path in paths]
+    workers = max(1, min(len(paths), processes or os.cpu_count() or 1))
+    shares = [paths[start::workers] for start in range(workers)]
+    with ThreadPoolExecutor(workers) as pool:  # each thread only waits on its child
+        answers = list(pool.map(_probe_share, shares))
+    found: list[MediaInfo | MediaError] = [MediaError("not probed")] * len(paths)
+    for start, share_answers in enumerate(answers):
+        found[start::workers] = share_answers
+    return found
+
+
+def _probe_share(paths: list[Path]) -> list[MediaInfo | MediaError]:
+    found: list[MediaInfo | MediaError] = []
+    while len(found) < len(paths):
+        found += _probe_in_child(paths[len(found):])
+    return found
+
+
+def _probe_in_child(paths: list[Path]) -> list[MediaInfo | MediaError]:
+    """Probe `paths` in one child until it has answered for all of them, or up to and including the
+    file it crashed or hung on."""
+    child = subprocess.Popen([sys.executable, "-m", "dubflow.media.io"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    lines: queue.Queue[bytes] = queue.Queue()
+    threading.Thread(target=_read_lines, args=(child.stdout, lines), daemon=True).start()
+    child.stdin.write(json.dumps([str(path) for path in paths]).encode())
+    child.stdin.close()
+    found: list[MediaInfo | MediaError] = []
+    for path in paths:
+        try:
+            line = lines.get(timeout=PROBE_TIMEOUT_S)
+        except queue.Empty:
+            child.kill()
+            child.wait()
+            found.append(MediaError(f"{path}: reading it through took over {PROBE_TIMEOUT_S:g} s; the file may be "
+                                    "damaged"))
+            break
+        if not line:  # the child ended without answering for this file
+            status = child.wait()
+            cause = signal.Signals(-status).name if status < 0 else f"exit status {status}"
+            found.append(MediaError(f"{path}: FFmpeg crashed reading this file ({cause}); re-export it (e.g. with "
+                                    "ffmpeg into MOV/ProRes + PCM) and check it plays"))
+            break
+        answer = json.loads(line)
+        found.append(_media_from_json(answer["media"]) if "media" in answer else MediaError(answer["error"]))
+    else:
+        child.wait()
+    return found
+
+
+def _read_lines(stream: IO[bytes], lines: queue.Queue[bytes]) -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put(b"")  # end of output: the child is gone
 
 
 def _probe_in_process(path: Path) -> MediaInfo:
@@ -371,10 +427,6 @@ def _soundtrack_problems(info: MediaInfo) -> list[str]:
     if any(stream.samples == 0 and not _custom_order(stream.layout) for stream in streams):
         problems.append(f"{streams[0].describe()} decodes to no samples; re-export the production sound")
     return problems
-
-
-def _media_to_json(info: MediaInfo) -> str:
-    return json.dumps(asdict(info), default=lambda value: str(value))
 
 
 def _media_from_json(document: dict) -> MediaInfo:
@@ -580,17 +632,18 @@ def encode_audio(container: av.container.OutputContainer, stream: av.AudioStream
     container.mux(stream.encode(None))
 
 
-def _probe_child(path: str) -> None:
-    """The child `probe` runs: the MediaInfo as JSON on stdout, or a MediaError as the last line of
-    stderr (exit status 1). It leaves by os._exit: no teardown frees a kept layout's map a second time."""
-    try:
-        print(_media_to_json(_probe_in_process(Path(path))), flush=True)
-        status = 0
-    except MediaError as error:
-        print(error, file=sys.stderr, flush=True)
-        status = 1
-    os._exit(status)
+def _probe_child() -> None:
+    """The child `probe_many` runs: a JSON list of paths on stdin; for each, in order, one line of
+    JSON on stdout as soon as it is probed: {"media": ...} or {"error": message}. It leaves by
+    os._exit: no teardown frees a kept layout's channel map a second time (see the module doc)."""
+    for path in json.loads(sys.stdin.read()):
+        try:
+            answer = {"media": asdict(_probe_in_process(Path(path)))}
+        except MediaError as error:
+            answer = {"error": str(error)}
+        print(json.dumps(answer, default=str), flush=True)
+    os._exit(0)
 
 
 if __name__ == "__main__":
-    _probe_child(sys.argv[1])
+    _probe_child()
