@@ -134,11 +134,13 @@ class MediaInfo:
 
     @property
     def picture_format(self) -> PictureFormat:
-        """How the deliverables are tagged: as the source, except that an RGB source's YUV
-        deliverables carry no matrix or range of its own (they are encoded BT.601, limited range)."""
+        """How the deliverables are tagged: as the source, upright (a picture turned a quarter turn
+        has its pixel aspect turned too), except that an RGB source's YUV deliverables carry no matrix
+        or range of its own (they are encoded BT.601, limited range)."""
+        sar = 1 / self.sar if self.rotation % 180 else self.sar
         if self.colour.matrix == _RGB_MATRIX:
-            return PictureFormat(self.fps, self.sar, replace(self.colour, matrix=_UNSPECIFIED_COLOUR, range=0))
-        return PictureFormat(self.fps, self.sar, self.colour)
+            return PictureFormat(self.fps, sar, replace(self.colour, matrix=_UNSPECIFIED_COLOUR, range=0))
+        return PictureFormat(self.fps, sar, self.colour)
 
     @property
     def display_size(self) -> tuple[int, int]:
