@@ -55,7 +55,7 @@ def conform_notes(media: MediaInfo) -> tuple[str, ...]:
             notes.append(f"{name} ends {_ms(tail)} before the picture: {tail} samples of silence added at the end")
         elif tail < 0:
             notes.append(f"{name} runs {_ms(-tail)} past the picture: its last {-tail} samples trimmed")
-    if media.soundtrack and len(media.soundtrack) == 1 and media.audio[media.soundtrack[0]].layout != media.soundtrack_layout:
+    if len(media.soundtrack) == 1 and media.audio[media.soundtrack[0]].layout != media.soundtrack_layout:
         notes.append(f"{media.audio[media.soundtrack[0]].describe()} read as {media.soundtrack_layout} "
                      "(FFmpeg's order for its channel count)")
     return tuple(notes)

@@ -45,9 +45,9 @@ PROBE_TIMEOUT_S = 600.0  # a child decoding one shot through; far beyond any sho
 # the layout a file with no channel order of its own (MXF, AVI, discrete tracks) is read as.
 SUPPORTED_LAYOUTS = {1: "mono", 2: "stereo", 6: "5.1"}
 _NAMED_LAYOUTS = {"mono", "stereo", "5.1", "5.1(side)"}
-# Orders read as FFmpeg's default for their channel count: none given, or 5.1 with back surrounds
-# (the same positions: FL FR FC LFE, then the two surrounds).
-_DEFAULT_ORDER_LAYOUTS = {"1 channels", "2 channels", "6 channels", "5.1(back)"}
+# Orders read as FFmpeg's default for their channel count: none given, a stereo downmix (DL DR), or
+# 5.1 with back surrounds (the same positions: FL FR FC LFE, then the two surrounds).
+_DEFAULT_ORDER_LAYOUTS = {"1 channels", "2 channels", "6 channels", "downmix", "5.1(back)"}
 # A frame may sit this far from its slot on the constant-rate grid and still be that slot's frame
 # (container time bases round timestamps: Matroska keeps milliseconds).
 _GRID_TOLERANCE = Fraction(1, 4)
