@@ -219,13 +219,15 @@ def _sar_rounding(picture: Picture) -> float:
     return 0.0 if (picture.width * picture.sar).denominator == 1 else 1.0
 
 
-def check_wav_matches(source: Source, path: Path) -> None:
-    """48 kHz 24-bit, the source's channels, exactly as long as the picture, the marker in place."""
+def check_wav_matches(source: Source, path: Path, carries_marker: bool = True) -> None:
+    """48 kHz 24-bit, the source's channels, exactly as long as the picture, the marker in place
+    (the M&E and the mix carry the source's sound; the new DX does not)."""
     (sound,) = probe_sounds(path)
     samples = picture_samples_48k(source.picture.frames, source.picture.rate)
     assert (sound.codec, sound.sample_rate, sound.channels, sound.samples) == (
         "pcm_s24le", RATE, source.channels, samples), path.name
-    assert marker_in_wav(path) == pytest.approx(source.marker_s, abs=SYNC_TOLERANCE_S), path.name
+    if carries_marker:
+        assert marker_in_wav(path) == pytest.approx(source.marker_s, abs=SYNC_TOLERANCE_S), path.name
 
 
 @pytest.mark.parametrize("case", DELIVERED, ids=lambda c: c.name)
@@ -238,15 +240,13 @@ def test_every_case_is_delivered_exactly(delivery, corpus, case: Case) -> None:
     prefix = f"{case.name}_{LANGUAGE}"
     summary = (pair_dir / f"{prefix}_qc.txt").read_text(encoding="utf-8")
     check_pictures_match(source, [pair_dir / f"{prefix}.mp4", pair_dir / f"{prefix}.mov"], summary)
-    for wav in (run_dir / case.name / f"{case.name}_me.wav", pair_dir / f"{prefix}_mix.wav", pair_dir / f"{prefix}_dx.wav"):
-        (sound,) = probe_sounds(wav)
-        assert (sound.codec, sound.sample_rate, sound.channels) == ("pcm_s24le", RATE, source.channels), wav.name
-        assert sound.samples == picture_samples_48k(source.picture.frames, source.picture.rate), wav.name
-    for wav in (run_dir / case.name / f"{case.name}_me.wav", pair_dir / f"{prefix}_mix.wav"):
-        assert marker_in_wav(wav) == pytest.approx(source.marker_s, abs=SYNC_TOLERANCE_S), wav.name
+    check_wav_matches(source, run_dir / case.name / f"{case.name}_me.wav")
+    check_wav_matches(source, pair_dir / f"{prefix}_mix.wav")
+    check_wav_matches(source, pair_dir / f"{prefix}_dx.wav", carries_marker=False)
     if source.picture.frames / source.picture.rate >= 0.4:  # a BS.1770 gating block; shorter is unmeasurable
         integrated, true_peak = ebur128(pair_dir / f"{prefix}_mix.wav")  # ffmpeg's own EBU R128 meter
-        assert abs(integrated - (-23.0)) <= 0.5 and true_peak <= -1.0 + 0.1, (integrated, true_peak)
+        # EBU R128 at ±0.5 LU; a second true-peak meter may read up to +0.2 dB over dubflow's (Tech 3341)
+        assert abs(integrated - (-23.0)) <= 0.5 and true_peak <= -1.0 + 0.2, (integrated, true_peak)
 
 
 REPORTED = {  # what the QC report must say about a case: what was conformed, dropped or left out, and why
