@@ -192,7 +192,8 @@ def plain_run(manifest: Path, out: Path, run_id: str, threaded: bool, profile_na
                          lambda take_, separated_, out_dir, shot=shot:
                          remix_pair(take_, separated_, shot, out_dir, separator, loudness), take, separated)
         review = submit("mux", f"mux {pair}", k_mux, Path,
-                        lambda take_, remixed_, out_dir: mux_pair(take_, remixed_, out_dir, "h264"), take, remixed)
+                        lambda take_, remixed_, out_dir, shot=shot: mux_pair(take_, remixed_, shot, out_dir, "h264"),
+                        take, remixed)
         subtitles = submit("subtitles", f"subtitles {pair}", k_subtitles, SubtitleFiles,
                            lambda remixed_, out_dir, shot=shot, row=row: subtitle_pair(row, remixed_, shot, out_dir),
                            remixed)

@@ -259,9 +259,9 @@ def localize(
                 remixed = remix_pair_task.submit(take, separated[row.shot_id], shot, separator, loudness_profile,
                                                  cache, keys["remix"], supplied)
             stages = {"separate": separated[row.shot_id], "lipdub": take, "remix": remixed,
-                      "mux": mux_pair_task.submit(take, remixed, cache, keys["mux"])}
+                      "mux": mux_pair_task.submit(take, remixed, shot, cache, keys["mux"])}
             if prores:
-                stages["mezzanine"] = mezzanine_pair_task.submit(take, remixed, cache, keys["mezzanine"])
+                stages["mezzanine"] = mezzanine_pair_task.submit(take, remixed, shot, cache, keys["mezzanine"])
             stages["subtitles"] = subtitle_pair_task.submit(row, remixed, shot, cache, keys["subtitles"])
             stages["qc"] = qc_pair_task.submit(shot, separated[row.shot_id], remixed, stages["mux"],
                                                stages["subtitles"], stages.get("mezzanine"), allow_qc_warnings, cache,

@@ -1,10 +1,12 @@
 """Synthetic locked shots with known stems, for the demo, the tests and separation scoring.
 
 Each shot is a MOV (H.264 picture + 24-bit PCM audio) of a face-like shape drifting across the
-frame whose mouth opens with the dialogue envelope. Its soundtrack is a synthetic voice (glottal
-pulses through vowel formants), chords and an ambient bed; the stems are written beside the shot
-(`stems/<shot>_dialogue.wav`, `stems/<shot>_bed.wav`, with mix = dialogue + bed) so a separator
-can be scored against the truth. None of this is real footage: it exists to exercise the pipeline.
+frame whose mouth opens with the dialogue envelope; one is an MP4 with AAC sound (encoder priming
+and padding to conform) that lasts no whole number of milliseconds, as real deliveries do. Its
+soundtrack is a synthetic voice (glottal pulses through vowel formants), chords and an ambient bed;
+the stems are written beside the shot (`stems/<shot>_dialogue.wav`, `stems/<shot>_bed.wav`, with
+mix = dialogue + bed) so a separator can be scored against the truth. None of this is real footage:
+it exists to exercise the pipeline.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ class SampleShot:
     layout: str  # "stereo" or "5.1" (dialogue in the centre channel)
     speaker: str
     lines: dict[str, str]  # language -> translated line
+    container: str = ".mov"  # ".mov": H.264 + 24-bit PCM; ".mp4": H.264 + AAC
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.shot_id}{self.container}"
 
 
 SAMPLE_SHOTS = (
@@ -58,6 +65,10 @@ SAMPLE_SHOTS = (
          "de": "Ich rufe dich an, sobald ich am Bahnhof bin, versprochen.",
          "pt-BR": "Te ligo assim que chegar na estação, prometo."},
     ),
+    SampleShot(  # 61 frames at 24000/1001: 2.544208… s, AAC in MP4
+        "sc03_sh010", 640, 360, Fraction(24000, 1001), 61, "stereo", "A boy waiting at a bus stop",
+        {"fr": "Le dernier bus est déjà passé ?"}, container=".mp4",
+    ),
 )
 
 
@@ -68,7 +79,7 @@ def generate_samples(out_dir: Path, shots: tuple[SampleShot, ...] = SAMPLE_SHOTS
     (out_dir / "stems").mkdir(parents=True, exist_ok=True)
     rows = []
     for index, shot in enumerate(shots):
-        source = out_dir / "shots" / f"{shot.shot_id}.mov"
+        source = out_dir / "shots" / shot.file_name
         write_sample_shot(source, out_dir / "stems", shot, seed=index)
         digest = sha256_file(source)
         for language, line in shot.lines.items():

@@ -5,12 +5,56 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import lru_cache
 
+import julius
 import numpy as np
 import pyloudnorm
+import torch
 from scipy import ndimage, signal
 
+from dubflow.media.io import DELIVERY_SAMPLE_RATE
 MIN_GATED_SECONDS = 0.4  # BS.1770 needs one 400 ms block before integrated loudness means anything
+
+
+def delivery_length(num_samples: int, sample_rate: int) -> int:
+    """Sample count at 48 kHz of `num_samples` at `sample_rate`: round(n * 48000 / rate), exact."""
+    return round(Fraction(num_samples * DELIVERY_SAMPLE_RATE, sample_rate))
+
+
+@lru_cache(maxsize=16)
+def _resampler(old_sr: int, new_sr: int) -> julius.ResampleFrac:
+    return julius.ResampleFrac(old_sr, new_sr)  # reduces the rates by their gcd itself
+
+
+def resample(x: torch.Tensor, old_sr: int, new_sr: int, output_length: int | None = None,
+             full: bool = False) -> torch.Tensor:
+    """Windowed-sinc resampling (julius, the resampler Demucs itself uses) along the last axis."""
+    if old_sr == new_sr:
+        return x if output_length is None else x[..., :output_length]
+    return _resampler(old_sr, new_sr)(x, output_length=output_length, full=full)
+
+
+def resample_to_delivery(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """(channels, samples) float audio -> float32 at 48 kHz with exactly `delivery_length` samples.
+
+    This is the mix the separator's stems add up to. Resamples one channel at a time to keep the
+    temporaries small. Returns the input itself when it is already float32 at 48 kHz.
+    """
+    audio = np.asarray(audio)
+    if audio.ndim != 2:
+        raise ValueError(f"audio must be (channels, samples), got shape {audio.shape}")
+    if sample_rate == DELIVERY_SAMPLE_RATE:
+        return np.asarray(audio, dtype=np.float32)
+    length = delivery_length(audio.shape[1], sample_rate)
+    out = np.empty((audio.shape[0], length), dtype=np.float32)
+    if length == 0:
+        return out
+    with torch.inference_mode():
+        for channel in range(audio.shape[0]):
+            x = torch.from_numpy(np.ascontiguousarray(audio[channel], dtype=np.float32))
+            out[channel] = resample(x, sample_rate, DELIVERY_SAMPLE_RATE, output_length=length).numpy()
+    return out
 
 
 def fit_length(audio: np.ndarray, samples: int) -> np.ndarray:
@@ -111,9 +155,9 @@ def parse_loudness_profile(text: str) -> LoudnessProfile:
 # gaps under 300 ms (between words) are bridged and blips under 100 ms dropped.
 _ACTIVITY_FRAME_S = 0.02
 _ACTIVITY_RANGE_DB = 35.0
-_ACTIVITY_FLOOR_DBFS = -70.0
+SILENCE_FLOOR_DBFS = -70.0
 _ACTIVITY_BRIDGE_S = 0.3
-_ACTIVITY_MIN_S = 0.1
+MIN_DIALOGUE_S = 0.1
 
 
 def dialogue_regions(dialogue: np.ndarray, sample_rate: int) -> list[tuple[int, int]]:
@@ -125,7 +169,7 @@ def dialogue_regions(dialogue: np.ndarray, sample_rate: int) -> list[tuple[int, 
     padded = fit_length(np.asarray(dialogue, dtype=np.float64), frames * frame)
     power = (padded**2).reshape(padded.shape[0], frames, frame).mean(axis=(0, 2))
     level = 10 * np.log10(np.maximum(power, 1e-20))
-    threshold = max(_ACTIVITY_FLOOR_DBFS, float(level.max()) - _ACTIVITY_RANGE_DB)
+    threshold = max(SILENCE_FLOOR_DBFS, float(level.max()) - _ACTIVITY_RANGE_DB)
     runs = _runs(level > threshold)
     merged: list[list[int]] = []
     for start, end in runs:
@@ -136,7 +180,7 @@ def dialogue_regions(dialogue: np.ndarray, sample_rate: int) -> list[tuple[int, 
     return [
         (start * frame, min(end * frame, dialogue.shape[-1]))
         for start, end in merged
-        if (end - start) * _ACTIVITY_FRAME_S >= _ACTIVITY_MIN_S
+        if (end - start) * _ACTIVITY_FRAME_S >= MIN_DIALOGUE_S
     ]
 
 

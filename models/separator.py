@@ -54,12 +54,10 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
-from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar
 
 import demucs
-import julius
 import numpy as np
 import torch
 import yaml
@@ -68,6 +66,7 @@ from demucs.apply import BagOfModels, apply_model
 from demucs.htdemucs import HTDemucs
 from demucs.pretrained import get_model
 
+from dubflow.media.audio import delivery_length, resample, resample_to_delivery
 from dubflow.models.devices import lease_device
 from dubflow.models.residency import forget, resident
 
@@ -263,50 +262,7 @@ def build_random_htdemucs(repo_dir: Path) -> tuple[str, Path]:
                                   _RANDOM_HTDEMUCS_FORMAT, "dubflow_random_htdemucs")
 
 
-# ---------------------------------------------------------------------------------------------
-# Resampling
-# ---------------------------------------------------------------------------------------------
-
-
-def delivery_length(num_samples: int, sample_rate: int) -> int:
-    """Sample count at 48 kHz of `num_samples` at `sample_rate`: round(n * 48000 / rate), exact."""
-    return round(Fraction(num_samples * DELIVERY_SAMPLE_RATE, sample_rate))
-
-
-@lru_cache(maxsize=16)
-def _resampler(old_sr: int, new_sr: int) -> julius.ResampleFrac:
-    return julius.ResampleFrac(old_sr, new_sr)  # reduces the rates by their gcd itself
-
-
-def _resample(x: torch.Tensor, old_sr: int, new_sr: int, output_length: int | None = None,
-              full: bool = False) -> torch.Tensor:
-    """Windowed-sinc resampling (julius, the resampler Demucs itself uses) along the last axis."""
-    if old_sr == new_sr:
-        return x if output_length is None else x[..., :output_length]
-    return _resampler(old_sr, new_sr)(x, output_length=output_length, full=full)
-
-
-def resample_to_delivery(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    """(channels, samples) float audio -> float32 at 48 kHz with exactly `delivery_length` samples.
-
-    This is the mix the stems add up to: `Stems.dialogue + Stems.bed == resample_to_delivery(audio,
-    rate)`. Resamples one channel at a time to keep the temporaries small. Returns the input itself
-    when it is already float32 at 48 kHz.
-    """
-    audio = np.asarray(audio)
-    if audio.ndim != 2:
-        raise ValueError(f"audio must be (channels, samples), got shape {audio.shape}")
-    if sample_rate == DELIVERY_SAMPLE_RATE:
-        return np.asarray(audio, dtype=np.float32)
-    length = delivery_length(audio.shape[1], sample_rate)
-    out = np.empty((audio.shape[0], length), dtype=np.float32)
-    if length == 0:
-        return out
-    with torch.inference_mode():
-        for channel in range(audio.shape[0]):
-            x = torch.from_numpy(np.ascontiguousarray(audio[channel], dtype=np.float32))
-            out[channel] = _resample(x, sample_rate, DELIVERY_SAMPLE_RATE, output_length=length).numpy()
-    return out
+# Resampling lives in dubflow.media.audio (the conform resamples each soundtrack once, the same way).
 
 
 # ---------------------------------------------------------------------------------------------
@@ -623,12 +579,12 @@ class Separator:
         elif k == 2 and channels == 1:
             x = x.mean(0, keepdim=True)
         # full=True keeps ceil(L * 44100 / 48000) samples, so the way back can return exactly L.
-        x = _resample(x, DELIVERY_SAMPLE_RATE, self.samplerate, full=True)
+        x = resample(x, DELIVERY_SAMPLE_RATE, self.samplerate, full=True)
         return (x - mean) / std  # the normalisation demucs.api.Separator applies around apply_model
 
     def _to_delivery(self, estimate: torch.Tensor, mean: float, std: float, length: int, k: int) -> np.ndarray:
         """A model-rate estimate back to (k, length) float32 at 48 kHz, un-normalised."""
-        dialogue = _resample(estimate * std + mean, self.samplerate, DELIVERY_SAMPLE_RATE, output_length=length)
+        dialogue = resample(estimate * std + mean, self.samplerate, DELIVERY_SAMPLE_RATE, output_length=length)
         if k == 1 and dialogue.shape[0] == 2:
             dialogue = dialogue.mean(0, keepdim=True)
         elif k == 2 and dialogue.shape[0] == 1:

@@ -19,7 +19,8 @@ from dubflow.models.lipdub import LipDubOutput, SourceShot, build_prompt
 from dubflow.models.ltx2_architectures import LTX_2_3
 from dubflow.models.profiles import RANDOM_WEIGHTS_SEED, ModelProfile, cache_dir, load_lipdub
 from dubflow.models.weights import weights_identity
-from dubflow.media.io import AudioTrack, MediaError, audio_layout_name, read_audio, read_frames, write_video, write_wav
+from dubflow.media.conform import conform_soundtrack
+from dubflow.media.io import AudioTrack, MediaError, audio_layout_name, read_frames, write_video, write_wav
 from dubflow.tasks.separate import require_audio_track
 from dubflow.tasks.retries import LIPDUB_TIMEOUT_ENV, STAGE_RETRIES
 from dubflow.tasks.stage_cache import StageCache, stage_key
@@ -27,7 +28,7 @@ from dubflow.tasks.validate import Shot
 
 logger = logging.getLogger(__name__)
 
-LIPDUB_VERSION = 3  # bump when the stage's output changes for the same inputs (3: upstream DubIt's algorithm, issue 17)
+LIPDUB_VERSION = 4  # bump when the stage's output changes for the same inputs (3: upstream DubIt's algorithm; 4: the soundtrack conformed to the picture)
 WEIGHT_HASHES_FILE = "weight-hashes.json"  # per-file content hashes of the LTX weights, in the cache folder
 # After a GPU out-of-memory error the take is tried once more in windows of this many frames
 # (8k+1; about 5 s at 24 fps): each pass holds fewer tokens, so its activations need less memory.
@@ -107,10 +108,9 @@ def lipdub_pair(
     ``timeout_s`` bounds the model's work on the leased device (not the wait for the lease, nor the
     model's first load): past it the take is interrupted and the device given back."""
     require_audio_track(shot)
-    audio, sample_rate = read_audio(shot.source)
-    source = SourceShot(
-        read_frames(shot.source), shot.media.fps, voice_reference(audio, shot.media.audio[0].layout), sample_rate
-    )
+    soundtrack = conform_soundtrack(shot.media)
+    source = SourceShot(read_frames(shot.source, shot.media.rotation), shot.media.fps,
+                        voice_reference(soundtrack.samples, soundtrack.layout), soundtrack.sample_rate)
     prompt, seed = row_prompt(row), pair_seed(shot, row.language, row.take)
     # The device is held only for the model's work: reading and writing media leave it to the next take.
     with lease_device(profile.device, affinity=shot.sha256) as device:

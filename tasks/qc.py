@@ -3,9 +3,12 @@
 Every check of delivery-spec.md, each with the value measured on the files as written, so a failure
 says what was found, not only that it failed:
 
-- picture (review MP4, mezzanine MOV): frame count and exact frame rate of the source; audio as
-  long as the picture (±1 ms); A/V offset 0 ± 1 ms, measured by cross-correlating the file's audio,
-  placed on the picture's timeline, with the mix WAV; the mezzanine is ProRes 422 HQ + 24-bit PCM
+- picture (review MP4, mezzanine MOV): frame count and exact frame rate of the source, its display
+  size (upright), SAR and colour tags; audio as long as the picture (±1 ms); A/V offset 0 ± 1 ms,
+  measured by cross-correlating the file's audio, placed on the picture's timeline, with the mix
+  WAV; the mezzanine is ProRes 422 HQ + 24-bit PCM
+- sync: the delivered M&E and mix cross-correlated with the source soundtrack on the picture's
+  timeline (placed by its timestamps, as the conform places it): where the sound lands, ± 1 ms
 - mix, new DX and M&E WAVs: 48 kHz, 24-bit, the source's channel count, picture duration ±1 ms,
   no digital clipping
 - loudness within the profile's tolerance (as the profile measures it) and true peak (4×
@@ -13,6 +16,9 @@ says what was found, not only that it failed:
 - the new DX is not silent (the script has a line)
 - the original DX + M&E give back the source soundtrack (separation lost nothing)
 - SRT and WebVTT cues lie inside the shot
+
+The report also carries notes: what the conform trimmed, padded or resampled and why, audio streams
+left unused, and what delivery changed about the picture (rendered upright, alpha dropped).
 """
 
 from __future__ import annotations
@@ -30,16 +36,19 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from scipy import signal
 
-from dubflow.models.separator import resample_to_delivery
 from dubflow.media.audio import (
     EBU_R128,
+    MIN_DIALOGUE_S,
+    SILENCE_FLOOR_DBFS,
+    resample_to_delivery,
     LoudnessProfile,
     dialogue_regions,
     program_loudness,
     true_peak_dbtp,
 )
 from dubflow.media.files import atomic_write_bytes
-from dubflow.media.io import DELIVERY_SAMPLE_RATE, PCM24_MAX, probe, read_audio
+from dubflow.media.conform import conform_notes, conform_soundtrack
+from dubflow.media.io import DELIVERY_SAMPLE_RATE, PCM24_MAX, Colour, MediaInfo, probe, read_audio
 from dubflow.tasks.remix import RemixedPair
 from dubflow.tasks.separate import SeparatedShot
 from dubflow.tasks.retries import STAGE_RETRIES
@@ -92,6 +101,7 @@ class QCReport:
     allow_warnings: bool = False
     levels: Mapping[str, float | None] = field(default_factory=dict)  # gains applied on the way (dB, LUFS)
     notice: str | None = None  # the model profile's, e.g. random weights: checks pass on noise too
+    notes: tuple[str, ...] = ()  # what the conform and delivery changed about the source, and why
 
     @property
     def passed(self) -> bool:
@@ -117,6 +127,7 @@ class QCReport:
                 "notice": self.notice,
                 "loudness_profile": {**asdict(self.profile), "measured_on": self.profile.measured_on},
                 "levels": dict(self.levels),
+                "notes": list(self.notes),
                 "checks": [asdict(check) for check in self.checks],
             },
             indent=2,
@@ -135,6 +146,7 @@ class QCReport:
             f"loudness profile {self.profile.describe()}",
             *(f"{name}: {value:+.2f}" if value is not None else f"{name}: unmeasurable"
               for name, value in self.levels.items()),
+            *(f"note: {note}" for note in self.notes),
             "",
         ]
         for check in sorted(self.checks, key=lambda c: c.passed):  # failures first, otherwise in order
@@ -162,26 +174,49 @@ def check_wav(name: str, path: Path, channels: int, duration: Fraction) -> list[
     ]
 
 
-def check_picture(name: str, path: Path, source_frames: int, source_fps: Fraction, mix: Path) -> list[Check]:
-    """Frame count and rate against the source, audio length against the picture, and A/V offset."""
+def check_picture(name: str, path: Path, source: MediaInfo, mix: Path, codec: str) -> list[Check]:
+    """Frame count, rate and display geometry against the source, audio length against the
+    picture, and A/V offset."""
     picture = probe(path)
     picture_s = picture.frame_count / picture.fps
     audio_s, offset_ms = _audio_on_picture_timeline(path, mix)
     drift_ms = float(abs(audio_s - picture_s) * 1000)
+    size, source_size = "×".join(map(str, picture.display_size)), "×".join(map(str, source.display_size))
+    expected_colour = source.picture_format.colour.for_codec(codec)
     checks = [
-        Check(f"{name} frame count", picture.frame_count == source_frames, str(picture.frame_count), str(source_frames)),
-        Check(f"{name} frame rate", picture.fps == source_fps, str(picture.fps), f"{source_fps} exactly"),
+        Check(f"{name} frame count", picture.frame_count == source.frame_count, str(picture.frame_count),
+              str(source.frame_count)),
+        Check(f"{name} frame rate", picture.fps == source.fps, str(picture.fps), f"{source.fps} exactly"),
+        Check(f"{name} display size", size == source_size and picture.sar == source.picture_format.sar,
+              f"{size}, SAR {picture.sar}", f"{source_size}, SAR {source.picture_format.sar} (the source, upright)"),
+        Check(f"{name} colour tags", picture.colour.matches(expected_colour), _colour_text(picture.colour),
+              f"{_colour_text(expected_colour)} (the source's; unspecified range = limited)"),
         Check(f"{name} audio duration", drift_ms <= DURATION_TOLERANCE_MS,
               f"audio {float(audio_s):.6f} s, picture {float(picture_s):.6f} s ({drift_ms:.3f} ms apart)",
               f"audio as long as the picture ± {DURATION_TOLERANCE_MS:g} ms"),
     ]
-    if offset_ms is None:
-        checks.append(Check(f"{name} A/V offset", False, "unmeasurable: the mix is silent", "0 ± 1 ms"))
-    else:
-        checks.append(Check(f"{name} A/V offset", abs(offset_ms) <= AV_OFFSET_TOLERANCE_MS,
-                            f"{offset_ms:+.2f} ms (audio {'late' if offset_ms > 0 else 'early'})" if offset_ms else "0.00 ms",
-                            f"0 ± {AV_OFFSET_TOLERANCE_MS:g} ms"))
+    checks.append(_offset_check(f"{name} A/V offset", offset_ms, "the mix is silent"))
     return checks
+
+
+def _colour_text(colour: Colour) -> str:
+    return f"primaries {colour.primaries}, transfer {colour.transfer}, matrix {colour.matrix}, range {colour.range}"
+
+
+def _offset_check(name: str, offset_ms: float | None, silent: str) -> Check:
+    if offset_ms is None:
+        return Check(name, False, f"unmeasurable: {silent}", f"0 ± {AV_OFFSET_TOLERANCE_MS:g} ms")
+    return Check(name, abs(offset_ms) <= AV_OFFSET_TOLERANCE_MS,
+                 f"{offset_ms:+.2f} ms (audio {'late' if offset_ms > 0 else 'early'})" if offset_ms else "0.00 ms",
+                 f"0 ± {AV_OFFSET_TOLERANCE_MS:g} ms")
+
+
+def check_sync(name: str, path: Path, soundtrack: np.ndarray) -> Check:
+    """Where a delivered WAV's sound lands against the source soundtrack on the picture timeline
+    (`soundtrack`: the conformed source, 48 kHz): their cross-correlation peaks at the offset."""
+    audio, rate = read_audio(path)
+    offset_ms = _lag_ms(resample_to_delivery(audio, rate), soundtrack)
+    return _offset_check(f"{name} sync with the source sound", offset_ms, "the source soundtrack is silent")
 
 
 def _audio_on_picture_timeline(path: Path, mix: Path) -> tuple[Fraction, float | None]:
@@ -198,23 +233,29 @@ def _audio_on_picture_timeline(path: Path, mix: Path) -> tuple[Fraction, float |
     decoded, rate = read_audio(path)
     duration = declared if declared is not None else Fraction(decoded.shape[1], rate)
     reference, reference_rate = read_audio(mix)
+    lag_ms = _lag_ms(resample_to_delivery(decoded[:, :int(_AV_WINDOW_S * rate) + 1], rate),
+                     resample_to_delivery(reference[:, :int(_AV_WINDOW_S * reference_rate) + 1], reference_rate))
+    return duration, None if lag_ms is None else float(start_gap * 1000) + lag_ms
+
+
+def _lag_ms(audio: np.ndarray, reference: np.ndarray) -> float | None:
+    """The lag (ms, positive: `audio` late) at which the opening seconds of two 48 kHz signals
+    match best, within ±250 ms; None when the reference is silent."""
     window = int(_AV_WINDOW_S * DELIVERY_SAMPLE_RATE)
-    decoded = resample_to_delivery(decoded[:, :int(_AV_WINDOW_S * rate) + 1], rate)[:, :window]
-    reference = resample_to_delivery(reference[:, :int(_AV_WINDOW_S * reference_rate) + 1], reference_rate)[:, :window]
-    channels = min(decoded.shape[0], reference.shape[0])
+    audio, reference = audio[:, :window], reference[:, :window]
+    channels = min(audio.shape[0], reference.shape[0])
     if not np.any(reference[:channels]):
-        return duration, None
+        return None
     search = int(_AV_SEARCH_MS / 1000 * DELIVERY_SAMPLE_RATE)
     correlation = sum(
-        signal.correlate(decoded[c].astype(np.float64), reference[c].astype(np.float64), mode="full", method="fft")
+        signal.correlate(audio[c].astype(np.float64), reference[c].astype(np.float64), mode="full", method="fft")
         for c in range(channels)
     )
     zero = reference.shape[1] - 1  # index of lag 0 in the full correlation
     lags = np.arange(-search, search + 1)
     valid = (zero + lags >= 0) & (zero + lags < correlation.shape[0])
     lags = lags[valid]
-    lag = int(lags[np.argmax(correlation[zero + lags])])
-    return duration, float(start_gap * 1000) + lag * 1000 / DELIVERY_SAMPLE_RATE
+    return int(lags[np.argmax(correlation[zero + lags])]) * 1000 / DELIVERY_SAMPLE_RATE
 
 
 def check_mezzanine_format(path: Path) -> list[Check]:
@@ -250,23 +291,30 @@ def check_loudness(mix: np.ndarray, rate: int, dialogue: np.ndarray, dialogue_ra
 
 
 def check_dialogue_present(dialogue: np.ndarray, rate: int) -> Check:
+    """Speech regions in the new DX; a shot shorter than the shortest region (a few frames) holds
+    none, so there the DX only has to sound (above the BS.1770 silence gate)."""
     peak = float(np.abs(dialogue).max(initial=0.0))
     speech_s = sum(end - start for start, end in dialogue_regions(dialogue, rate)) / rate
-    peak_text = f"peak {20 * math.log10(peak):.1f} dBFS" if peak > 0 else "silent (peak -inf dBFS)"
+    peak_dbfs = 20 * math.log10(peak) if peak > 0 else -math.inf
+    peak_text = f"peak {peak_dbfs:.1f} dBFS" if peak > 0 else "silent (peak -inf dBFS)"
+    if dialogue.shape[-1] < MIN_DIALOGUE_S * rate:
+        return Check("dialogue present", peak_dbfs > SILENCE_FLOOR_DBFS,
+                     f"{dialogue.shape[-1] / rate * 1000:.1f} ms shot, {peak_text}",
+                     f"a DX above {SILENCE_FLOOR_DBFS:g} dBFS (the shot is shorter than a {MIN_DIALOGUE_S * 1000:g} ms "
+                     "dialogue region)")
     return Check("dialogue present", speech_s > 0, f"{speech_s:.2f} s of dialogue, {peak_text}",
                  "dialogue in the DX stem: the script has a line")
 
 
-def check_separation(source: Path, original_dialogue: Path, bed: Path) -> Check:
-    """The shot's original DX + M&E against its soundtrack at 48 kHz, in 24-bit steps (LSB)."""
-    audio, rate = read_audio(source)
-    mix48 = resample_to_delivery(audio, rate)
+def check_separation(soundtrack: np.ndarray, original_dialogue: Path, bed: Path) -> Check:
+    """The shot's original DX + M&E against its conformed soundtrack (48 kHz), in 24-bit steps (LSB)."""
     dialogue, _ = read_audio(original_dialogue)
     me, _ = read_audio(bed)
     name, expected = "dialogue + bed reproduce the original mix", "≤ 1 LSB (24-bit)"
-    if not dialogue.shape == me.shape == mix48.shape:
-        return Check(name, False, f"shapes differ: DX {dialogue.shape}, M&E {me.shape}, source {mix48.shape}", expected)
-    error = float(np.abs(dialogue.astype(np.float64) + me - mix48).max(initial=0.0)) * PCM24_MAX
+    if not dialogue.shape == me.shape == soundtrack.shape:
+        return Check(name, False, f"shapes differ: DX {dialogue.shape}, M&E {me.shape}, source {soundtrack.shape}",
+                     expected)
+    error = float(np.abs(dialogue.astype(np.float64) + me - soundtrack).max(initial=0.0)) * PCM24_MAX
     return Check(name, error <= 1.0, f"largest difference {error:.2f} LSB", expected)
 
 
@@ -346,20 +394,22 @@ def qc_pair(
     levels: Mapping[str, float | None] | None = None,
     notice: str | None = None,
 ) -> QCReport:
-    frames, fps = shot.media.frame_count, shot.media.fps
-    duration = Fraction(frames) / fps
-    channels = shot.media.audio[0].channels
-    checks = check_picture("review copy", files.review_copy, frames, fps, files.mix)
+    media = shot.media
+    duration = media.duration
+    channels = media.soundtrack_channels
+    checks = check_picture("review copy", files.review_copy, media, files.mix, "h264")
     if files.mezzanine is not None:
-        checks += check_picture("mezzanine", files.mezzanine, frames, fps, files.mix)
+        checks += check_picture("mezzanine", files.mezzanine, media, files.mix, "prores")
         checks += check_mezzanine_format(files.mezzanine)
     for name, path in (("mix", files.mix), ("dialogue", files.dialogue), ("M&E", files.bed)):
         checks += check_wav(name, path, channels, duration)
+    soundtrack = conform_soundtrack(media).samples
+    checks += [check_sync("M&E", files.bed, soundtrack), check_sync("mix", files.mix, soundtrack)]
     mix, mix_rate = read_audio(files.mix)
     dialogue, dialogue_rate = read_audio(files.dialogue)
     checks += check_loudness(mix, mix_rate, dialogue, dialogue_rate, profile)
     checks.append(check_dialogue_present(dialogue, dialogue_rate))
-    checks.append(check_separation(shot.source, files.original_dialogue, files.bed))
+    checks.append(check_separation(soundtrack, files.original_dialogue, files.bed))
     checks += check_subtitles(files.subtitles, duration)
     generated = dialogue
     if files.generated_dialogue is not None:
@@ -367,7 +417,8 @@ def qc_pair(
         generated, _ = read_audio(files.generated_dialogue)
     original_dialogue, _ = read_audio(files.original_dialogue)
     checks.append(check_dialogue_ending(generated, original_dialogue, dialogue_rate))
-    return QCReport(shot.shot_id, language, profile, tuple(checks), allow_warnings, dict(levels or {}), notice)
+    return QCReport(shot.shot_id, language, profile, tuple(checks), allow_warnings, dict(levels or {}), notice=notice,
+                    notes=media.notes() + conform_notes(media))
 
 
 @dataclass(frozen=True)

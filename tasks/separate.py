@@ -11,20 +11,20 @@ from prefect.cache_policies import NO_CACHE
 
 from dubflow.models.profiles import ModelProfile, ProfileError
 from dubflow.models.separator import SeparatorSpec
+from dubflow.media.conform import conform_soundtrack
 from dubflow.media.io import (
     DELIVERY_SAMPLE_RATE,
     PCM24_MAX,
     AudioTrack,
     MediaError,
     quantize_pcm24,
-    read_audio,
     write_wav,
 )
 from dubflow.tasks.retries import STAGE_RETRIES
 from dubflow.tasks.stage_cache import StageCache, stage_key
 from dubflow.tasks.validate import Shot
 
-SEPARATE_VERSION = 1  # bump when the stage's output changes for the same inputs
+SEPARATE_VERSION = 2  # bump when the stage's output changes for the same inputs
 
 SHIFTS_ENV = "DUBFLOW_DEMUCS_SHIFTS"
 DEVICE_ENV = "DUBFLOW_DEMUCS_DEVICE"
@@ -72,7 +72,7 @@ class NoAudioTrackError(MediaError):
 @dataclass(frozen=True)
 class SeparatedShot:
     shot_id: str
-    mix: Path  # the original soundtrack at 48 kHz, 24-bit
+    mix: Path  # the original soundtrack conformed to the picture (`conform_soundtrack`), 24-bit
     dialogue: Path  # original dialogue stem, source layout
     bed: Path  # mix − dialogue, source layout: the shared M&E
     layout: str
@@ -103,10 +103,10 @@ def separate_key(shot: Shot, separator_params: dict) -> str:
 
 def separate_shot(shot: Shot, separator: SeparatorSpec, out_dir: Path) -> SeparatedShot:
     require_audio_track(shot)
-    audio, rate = read_audio(shot.source)
-    layout = shot.media.audio[0].layout
+    soundtrack = conform_soundtrack(shot.media)
+    layout = soundtrack.layout
     with separator.leased() as model:
-        stems = model.separate(audio, rate, layout)
+        stems = model.separate(soundtrack.samples, soundtrack.sample_rate, layout)
     # Computed on the 24-bit grid the files hold, so that on disk dialogue + bed == mix exactly.
     mix = quantize_pcm24(stems.dialogue + stems.bed)
     dialogue = quantize_pcm24(stems.dialogue)

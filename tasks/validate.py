@@ -29,7 +29,7 @@ from dubflow.manifests.schema import (
 )
 from dubflow.manifests.speech_rate import MAX_NATURAL_RATE, line_length
 from dubflow.media.files import sha256_file
-from dubflow.media.io import MediaError, MediaInfo, probe, read_audio
+from dubflow.media.io import MediaError, MediaInfo, probe_many, read_audio
 from dubflow.tasks.storage import (
     S3UriError,
     StorageError,
@@ -112,6 +112,7 @@ def validate_manifest(
     for row in rows:
         if row.lock_sha256:
             locks.setdefault(row.shot_id, row.lock_sha256)
+    found: list[tuple[ManifestRow, Path, str | None, str]] = []  # (row, local file, its sha256 if known, origin)
     for row in rows:
         if row.shot_id in checked:
             continue
@@ -121,12 +122,11 @@ def validate_manifest(
             if isinstance(fetched, Problem):
                 problems.append(fetched)
                 continue
-            source, digest, origin = fetched.path, fetched.sha256, row.source
+            found.append((row, fetched.path, fetched.sha256, row.source))
         elif looks_like_url(row.source):
             # Not echoed: an https URL may be presigned, and its signature must not reach any output.
             problems.append(Problem(row.row, "source", "URL sources other than s3:// are not supported",
                                     "give a local path or s3://bucket/key"))
-            continue
         else:
             source = resolve_source(path, row.source)
             if not source.is_file():
@@ -135,13 +135,19 @@ def validate_manifest(
                             "fix the path (relative paths start at the manifest's folder)")
                 )
                 continue
-            digest, origin = None, str(source)
-        try:
-            media = probe(source)
-        except MediaError as exc:
+            found.append((row, source, None, str(source)))
+
+    # Every picture decoded through in one go, shared out over child processes (one per CPU).
+    for (row, source, digest, origin), media in zip(found, probe_many([source for _, source, _, _ in found])):
+        if isinstance(media, MediaError):
             # Name the picture as the manifest does, not by its copy in the source cache.
-            problems.append(Problem(row.row, "source", f"unreadable media: {str(exc).replace(str(source), origin)}",
+            problems.append(Problem(row.row, "source", f"unreadable media: {str(media).replace(str(source), origin)}",
                                     "re-export the locked picture"))
+            continue
+        if media.problems:
+            problems.extend(Problem(row.row, "source", f"{origin}: {problem}",
+                                    "re-export the source as the message says, or drop its rows")
+                            for problem in media.problems)
             continue
         digest = digest or sha256_file(source)
         lock = locks.get(row.shot_id)

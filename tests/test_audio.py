@@ -1,14 +1,14 @@
-"""Loudness profiles, dialogue activity and mixing to a profile, checked against pyloudnorm and scipy
-directly (an independent BS.1770 / 4× true-peak measurement, not dubflow's own helpers)."""
+"""Loudness profiles, dialogue activity and mixing to a profile, measured by ffmpeg's own EBU R128
+meter (`ebur128=peak=true`): not pyloudnorm and `resample_poly`, the library and method dubflow
+itself measures with. Two meters may differ by their tolerances (EBU Tech 3341: ±0.1 LU on steady
+signals, true peak +0.2/−0.4 dB), which the assertions allow."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import pyloudnorm
 import pytest
-from scipy import signal
 
 from dubflow.media.audio import (
     ATSC_A85,
@@ -24,21 +24,21 @@ from dubflow.media.audio import (
     program_loudness,
 )
 from dubflow.media.io import read_audio
+from media_corpus import ebur128
 
 RATE = 48_000
+METER_LU = 0.1  # two BS.1770 meters agree within this on the same signal
+METER_PEAK_DB = 0.2  # a true-peak meter may read this much over another
 
 
-def bs1770_lufs(audio: np.ndarray, rate: int = RATE) -> float:
-    """Integrated loudness by pyloudnorm, LFE left out of a 5.1 as BS.1770 asks."""
-    audio = np.asarray(audio, dtype=np.float64)
-    if audio.shape[0] == 6:
-        audio = audio[[0, 1, 2, 4, 5]]
-    return pyloudnorm.Meter(rate).integrated_loudness(audio.T)
+def bs1770_lufs(audio: np.ndarray) -> float:
+    """Integrated loudness by ffmpeg's EBU R128 meter (LFE left out of a 5.1 by the meter itself)."""
+    return ebur128(audio)[0]
 
 
-def true_peak_4x(audio: np.ndarray) -> float:
-    upsampled = signal.resample_poly(np.asarray(audio, dtype=np.float64), 4, 1, axis=-1)
-    return 20 * np.log10(max(np.abs(upsampled).max(), np.abs(audio).max()))
+def true_peak(audio: np.ndarray) -> float:
+    """True peak in dBTP by ffmpeg's EBU R128 meter."""
+    return ebur128(audio)[1]
 
 
 def test_profiles_are_those_of_the_delivery_spec() -> None:
@@ -100,8 +100,8 @@ def test_dialogue_gated_loudness_ignores_the_bed_between_lines() -> None:
     mix = speech + bed
     regions = dialogue_regions(speech, RATE)
     start, end = regions[0]
-    assert program_loudness(mix, RATE, NETFLIX, regions) == pytest.approx(bs1770_lufs(mix[:, start:end]), abs=1e-6)
-    assert program_loudness(mix, RATE, EBU_R128) == pytest.approx(bs1770_lufs(mix), abs=1e-6)
+    assert program_loudness(mix, RATE, NETFLIX, regions) == pytest.approx(bs1770_lufs(mix[:, start:end]), abs=METER_LU)
+    assert program_loudness(mix, RATE, EBU_R128) == pytest.approx(bs1770_lufs(mix), abs=METER_LU)
     assert program_loudness(mix, RATE, EBU_R128) > program_loudness(mix, RATE, NETFLIX, regions) + 6
     assert program_loudness(mix, RATE, NETFLIX, []) is None
     with pytest.raises(ValueError, match="dialogue-gated"):
@@ -124,7 +124,7 @@ def test_sample_mixes_reach_every_profile_under_its_true_peak(samples_dir: Path,
     else:
         measured = bs1770_lufs(mixed)
     assert abs(measured - profile.target_lufs) <= profile.tolerance_lu
-    assert true_peak_4x(mixed) <= profile.max_true_peak_dbtp
+    assert true_peak(mixed) <= profile.max_true_peak_dbtp + METER_PEAK_DB
 
 
 def test_limiting_keeps_the_target_on_a_peaky_mix() -> None:
@@ -135,12 +135,12 @@ def test_limiting_keeps_the_target_on_a_peaky_mix() -> None:
     clicks[:, rng.integers(0, 5 * RATE, 200)] = 0.9
     mix = (0.02 * rng.standard_normal((2, 5 * RATE))).astype(np.float32) + clicks
     limited, _ = mix_to_profile(mix, RATE, STREAMING)
-    assert true_peak_4x(limited) <= -1.0
-    assert abs(bs1770_lufs(limited) - STREAMING.target_lufs) <= STREAMING.tolerance_lu / 10
+    assert true_peak(limited) <= -1.0 + METER_PEAK_DB
+    assert abs(bs1770_lufs(limited) - STREAMING.target_lufs) <= STREAMING.tolerance_lu / 10 + METER_LU
 
 
 def test_short_mixes_are_left_unmeasured_and_only_limited() -> None:
     short = (0.5 * np.ones((2, RATE // 4))).astype(np.float32)  # 250 ms: under one 400 ms gating block
     limited, gain_db = mix_to_profile(short, RATE, EBU_R128)
     assert gain_db == 0.0 and program_loudness(short, RATE, EBU_R128) is None
-    assert true_peak_4x(limited) <= -1.0
+    assert true_peak(limited) <= -1.0 + METER_PEAK_DB

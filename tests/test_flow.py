@@ -10,11 +10,9 @@ from pathlib import Path
 import av
 import numpy as np
 import pandas as pd
-import pyloudnorm
 import pytest
 import srt
 import webvtt
-from scipy import signal
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -22,6 +20,7 @@ from dubflow.flows.cli import main
 from dubflow.flows.localize import PairsFailedError, localize
 from dubflow.media.files import sha256_file
 from dubflow.media.io import probe, read_audio, write_video
+from media_corpus import ebur128
 
 SILENT_SHOT = "sc09_silent"
 
@@ -94,16 +93,13 @@ def test_every_other_pair_is_delivered_frame_exact(flow_run, run_manifest: Path)
 
 
 def test_every_delivered_mix_meets_the_profile_by_an_independent_measurement(flow_run) -> None:
-    """BS.1770-4 by pyloudnorm itself (LFE out of a 5.1) and true peak by 4× polyphase oversampling."""
+    """By ffmpeg's own EBU R128 meter (`ebur128=peak=true`), not the pyloudnorm / resample_poly method
+    dubflow measures with; its true peak may read a meter's tolerance (+0.2 dB) over dubflow's."""
     _, run_dir = flow_run
     for shot_id, language in _delivered(run_dir):
-        mix, rate = read_audio(run_dir / shot_id / language / f"{shot_id}_{language}_mix.wav")
-        mix = mix.astype(np.float64)
-        weighted = mix[[0, 1, 2, 4, 5]] if mix.shape[0] == 6 else mix
-        lufs = pyloudnorm.Meter(rate).integrated_loudness(weighted.T)
+        lufs, true_peak = ebur128(run_dir / shot_id / language / f"{shot_id}_{language}_mix.wav")
         assert abs(lufs - (-23.0)) <= 0.5, (shot_id, language, lufs)
-        true_peak = 20 * np.log10(np.abs(signal.resample_poly(mix, 4, 1, axis=1)).max())
-        assert true_peak <= -1.0, (shot_id, language, true_peak)
+        assert true_peak <= -1.0 + 0.2, (shot_id, language, true_peak)
 
 
 def test_the_surround_shot_delivers_centre_dialogue_over_a_six_channel_bed(flow_run) -> None:

@@ -42,7 +42,7 @@ def test_sample_manifests_validate_and_csv_parquet_agree(samples_dir: Path) -> N
     from_parquet = validate_manifest(samples_dir / "manifest.parquet")
     assert from_csv.rows == from_parquet.rows
     assert {k: v.sha256 for k, v in from_csv.shots.items()} == {k: v.sha256 for k, v in from_parquet.shots.items()}
-    assert len(from_csv.shots) == 4 and set(from_csv.languages) == {"fr", "de", "pt-BR"}
+    assert len(from_csv.shots) == 5 and set(from_csv.languages) == {"fr", "de", "pt-BR"}
 
 
 def test_csv_with_bom_reads_like_without(workdir: Path) -> None:
@@ -140,4 +140,4 @@ def test_language_tags_are_canonicalised(workdir: Path) -> None:
 def test_validate_cli_prints_summary(samples_dir: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["validate", str(samples_dir / "manifest.parquet")]) == 0
     out = capsys.readouterr().out
-    assert "shots           4" in out and "rows            10" in out and "picture seconds 15.007" in out
+    assert "shots           5" in out and "rows            11" in out and "picture seconds 17.551" in out

@@ -1,5 +1,8 @@
+"""PyAV media I/O, every file it writes read back by ffprobe and the ffmpeg CLI."""
+
 from __future__ import annotations
 
+import subprocess
 from fractions import Fraction
 from pathlib import Path
 
@@ -7,27 +10,29 @@ import numpy as np
 import pytest
 
 from dubflow.manifests.samples import SAMPLE_SHOTS
-from dubflow.media.io import (
-    AudioTrack,
-    MediaError,
-    probe,
-    quantize_pcm24,
-    read_audio,
-    read_frames,
-    write_video,
-    write_wav,
-)
+from dubflow.media.io import AudioTrack, MediaError, probe, quantize_pcm24, write_video, write_wav
+from media_corpus import decode_audio, probe_picture, probe_sounds
 
 
 @pytest.mark.parametrize("shot", SAMPLE_SHOTS, ids=lambda s: s.shot_id)
-def test_probe_is_exact_on_every_sample_shot(samples_dir: Path, shot) -> None:
-    info = probe(samples_dir / "shots" / f"{shot.shot_id}.mov", count_samples=True)
-    assert info.frame_count == shot.frame_count == len(read_frames(info.path))
-    assert info.fps == shot.fps and isinstance(info.fps, Fraction)
-    assert (info.width, info.height) == (shot.width, shot.height)
+def test_probe_agrees_with_ffprobe_on_every_sample_shot(samples_dir: Path, shot) -> None:
+    path = samples_dir / "shots" / shot.file_name
+    info = probe(path)
+    picture, (sound,) = probe_picture(path), probe_sounds(path)
+    assert (info.frame_count, info.fps) == (picture.frames, picture.rate) == (shot.frame_count, shot.fps)
+    assert isinstance(info.fps, Fraction)
+    assert (info.width, info.height) == (picture.width, picture.height) == (shot.width, shot.height)
     (audio,) = info.audio
-    assert audio.sample_rate == 48_000 and audio.layout == shot.layout
-    assert audio.samples == int(shot.frame_count * 48_000 / shot.fps)
+    assert (audio.sample_rate, audio.channels, audio.layout) == (sound.sample_rate, sound.channels, sound.layout)
+    assert audio.layout == shot.layout
+
+
+def decoded_frames(path: Path) -> np.ndarray:
+    """Every frame as RGB, decoded by the ffmpeg CLI: (frames, height, width, 3) uint8."""
+    picture = probe_picture(path)
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-map", "0:v:0", "-f", "rawvideo",
+                          "-pix_fmt", "rgb24", "-"], check=True, capture_output=True).stdout
+    return np.frombuffer(raw, np.uint8).reshape(-1, picture.height, picture.width, 3)
 
 
 @pytest.mark.parametrize("fps", [Fraction(24000, 1001), Fraction(30000, 1001), Fraction(24), Fraction(25)])
@@ -35,9 +40,9 @@ def test_probe_is_exact_on_every_sample_shot(samples_dir: Path, shot) -> None:
 def test_frame_exact_round_trip(tmp_path: Path, fps: Fraction, suffix: str, codec: str) -> None:
     frames = [np.full((64, 96, 3), 4 * i, np.uint8) for i in range(37)]
     path = write_video(tmp_path / f"clip{suffix}", frames, fps, codec=codec)
-    info = probe(path)
-    assert info.frame_count == 37 and info.fps == fps
-    decoded = read_frames(path)
+    picture = probe_picture(path)
+    assert (picture.frames, picture.rate) == (37, fps)
+    decoded = decoded_frames(path)
     # lossy codecs: the order of frames survives (each frame is a distinct flat grey)
     assert np.all(np.diff(decoded[:, 32, 48, 0].astype(int)) > 0)
 
@@ -46,8 +51,9 @@ def test_frame_exact_round_trip(tmp_path: Path, fps: Fraction, suffix: str, code
 def test_png_master_is_lossless(tmp_path: Path, fps: Fraction) -> None:
     frames = np.random.default_rng(3).integers(0, 256, (9, 48, 70, 3), dtype=np.uint8)
     path = write_video(tmp_path / "master.mov", frames, fps, codec="png")
-    assert (probe(path).frame_count, probe(path).fps) == (9, fps)
-    np.testing.assert_array_equal(read_frames(path), frames)
+    picture = probe_picture(path)
+    assert (picture.frames, picture.rate) == (9, fps)
+    np.testing.assert_array_equal(decoded_frames(path), frames)
 
 
 @pytest.mark.parametrize(("layout", "channels"), [("mono", 1), ("stereo", 2), ("5.1", 6)])
@@ -55,19 +61,10 @@ def test_png_master_is_lossless(tmp_path: Path, fps: Fraction) -> None:
 def test_wav_round_trip_is_sample_exact(tmp_path: Path, layout: str, channels: int, rate: int) -> None:
     audio = np.random.default_rng(0).uniform(-1, 1, (channels, 12_345)).astype(np.float32)
     path = write_wav(tmp_path / "a.wav", AudioTrack(audio, rate, layout))
-    decoded, decoded_rate = read_audio(path)
-    assert decoded_rate == rate and decoded.shape == audio.shape
-    np.testing.assert_array_equal(decoded, quantize_pcm24(audio) / 2**23)
-    assert probe_audio_layout(path) == layout
-
-
-def probe_audio_layout(path: Path) -> str:
-    import av
-
-    with av.open(str(path)) as container:
-        stream = container.streams.audio[0]
-        assert stream.codec_context.name == "pcm_s24le"
-        return stream.layout.name
+    (sound,) = probe_sounds(path)
+    assert (sound.codec, sound.sample_rate, sound.channels, sound.layout, sound.samples) == (
+        "pcm_s24le", rate, channels, layout, 12_345)
+    np.testing.assert_array_equal(decode_audio(path, rate=rate), quantize_pcm24(audio) / 2**23)
 
 
 def test_mov_keeps_51_pcm_sample_exact_beside_picture(tmp_path: Path) -> None:
@@ -77,16 +74,15 @@ def test_mov_keeps_51_pcm_sample_exact_beside_picture(tmp_path: Path) -> None:
     path = write_video(
         tmp_path / "c.mov", [np.zeros((48, 64, 3), np.uint8)] * 25, fps, [AudioTrack(audio, 48_000, "5.1")]
     )
-    info = probe(path)
-    assert info.audio[0].channels == 6 and info.audio[0].layout == "5.1"
-    decoded, _ = read_audio(path)
-    np.testing.assert_array_equal(decoded, quantize_pcm24(audio) / 2**23)
+    (sound,) = probe_sounds(path)
+    assert (sound.codec, sound.channels, sound.layout) == ("pcm_s24le", 6, "5.1")
+    np.testing.assert_array_equal(decode_audio(path), quantize_pcm24(audio) / 2**23)
 
 
 def test_several_audio_tracks_are_muxed(tmp_path: Path) -> None:
     tracks = [AudioTrack(np.zeros((c, 4800), np.float32), 48_000, l) for c, l in ((2, "stereo"), (1, "mono"))]
     path = write_video(tmp_path / "m.mp4", [np.zeros((32, 32, 3), np.uint8)] * 3, Fraction(25), tracks)
-    assert [a.layout for a in probe(path).audio] == ["stereo", "mono"]
+    assert [sound.layout for sound in probe_sounds(path)] == ["stereo", "mono"]
 
 
 def test_probe_rejects_non_media(tmp_path: Path) -> None:

@@ -12,18 +12,20 @@ import pytest
 
 from dubflow.media.audio import integrated_loudness, limit_true_peak, picture_samples, true_peak_dbtp
 from dubflow.media.files import sha256_file
-from dubflow.media.io import quantize_pcm24
 from dubflow.tasks.publish import DeliveryFile, PairOutcome, publish_local
 from dubflow.tasks.remix import overlay, place_dialogue
 
 
-def test_overlay_is_exact_and_does_not_clip() -> None:
+@pytest.mark.parametrize("samples", [4800, 7 * 2002, 2000])  # 100 ms; 7 frames at 24000/1001; 1 frame at 24
+def test_overlay_is_exact_and_does_not_clip(samples: int) -> None:
+    """Both signals already on the 24-bit grid (whole steps of 2^-23), so the exact sum is known by
+    plain integer addition, at lengths that are no whole number of milliseconds too."""
     rng = np.random.default_rng(0)
-    dialogue = rng.uniform(-0.9, 0.9, (2, 4800)).astype(np.float32)
-    bed = rng.uniform(-0.9, 0.9, (2, 4800)).astype(np.float32)
-    mixed = overlay(dialogue, bed)
-    expected = (quantize_pcm24(dialogue) + quantize_pcm24(bed)) / 2**23
-    np.testing.assert_array_equal(mixed, expected.astype(np.float32))
+    steps_a = rng.integers(-7 * 2**20, 7 * 2**20, (2, samples))
+    steps_b = rng.integers(-7 * 2**20, 7 * 2**20, (2, samples))
+    mixed = overlay((steps_a / 2**23).astype(np.float32), (steps_b / 2**23).astype(np.float32))
+    np.testing.assert_array_equal(mixed, ((steps_a + steps_b) / 2**23).astype(np.float32))
+    assert mixed.shape == (2, samples)
     assert np.abs(mixed).max() > 1.0  # headroom kept for the loudness stage, nothing clipped here
 
 
