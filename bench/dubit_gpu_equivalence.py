@@ -25,10 +25,15 @@ import argparse
 import json
 import math
 import platform
+import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from dubit_reference import LTX_2_3_UPSTREAM_CONFIG as UPSTREAM_CONFIG  # noqa: E402  (the one LTX-2.3 config)
 
 SEED = 20_261_205
 FPS = 24.0
@@ -36,24 +41,6 @@ NUM_FRAMES, HEIGHT, WIDTH = 49, 512, 768
 TEXT_TOKENS = 1024
 VOICE_LATENT_FRAMES = 100  # 4 s of voice at 25 audio latents per second
 
-# LTX-2.3's transformer in upstream's configuration terms (the values diffusers' conversion script maps
-# to dubflow's LTX_2_3.transformer).
-UPSTREAM_CONFIG = {
-    "dropout": 0.0, "attention_bias": True, "num_vector_embeds": None, "activation_fn": "gelu-approximate",
-    "num_embeds_ada_norm": 1000, "use_linear_projection": False, "only_cross_attention": False,
-    "cross_attention_norm": True, "double_self_attention": False, "upcast_attention": False,
-    "standardization_norm": "rms_norm", "norm_elementwise_affine": False, "qk_norm": "rms_norm",
-    "positional_embedding_type": "rope", "use_audio_video_cross_attention": True, "share_ff": False,
-    "av_cross_ada_norm": True, "use_middle_indices_grid": True,
-    "num_attention_heads": 32, "attention_head_dim": 128, "in_channels": 128, "out_channels": 128,
-    "num_layers": 48, "cross_attention_dim": 4096, "norm_eps": 1e-6, "positional_embedding_theta": 10000.0,
-    "positional_embedding_max_pos": [20, 2048, 2048], "timestep_scale_multiplier": 1000,
-    "audio_num_attention_heads": 32, "audio_attention_head_dim": 64, "audio_in_channels": 128,
-    "audio_out_channels": 128, "audio_cross_attention_dim": 2048, "audio_positional_embedding_max_pos": [20],
-    "av_ca_timestep_scale_multiplier": 1000, "rope_type": "split", "frequencies_precision": "float64",
-    "apply_gated_attention": True, "cross_attention_adaln": True, "use_prompt_adaln_single": True,
-    "caption_proj_before_connector": True,
-}
 # --small: the same code paths on a narrow model (dry run on a CPU); the keys mean the same to both configs.
 SMALL_DIMS = {"num_attention_heads": 2, "attention_head_dim": 8, "cross_attention_dim": 16,
               "audio_num_attention_heads": 2, "audio_attention_head_dim": 4, "audio_cross_attention_dim": 8}

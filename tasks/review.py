@@ -191,16 +191,4 @@ def _pair_media(row: ManifestRow, shot: Shot, separated: SeparatedShot,
     }
 
 
-@task(name="review page", cache_policy=NO_CACHE, **STAGE_RETRIES)
-def review_page_task(
-    run_id: str,
-    rows: list[ManifestRow],
-    shots: dict[str, Shot],
-    separated: dict[str, SeparatedShot],
-    outcomes: list[PairOutcome],
-    files: list[DeliveryFile],
-    profile: dict,
-    history: list[ReviewedTake],
-    out_dir: Path,
-) -> list[DeliveryFile]:
-    return build_review(run_id, rows, shots, separated, outcomes, files, profile, history, out_dir)
+review_page_task = task(name="review page", cache_policy=NO_CACHE, **STAGE_RETRIES)(build_review)
