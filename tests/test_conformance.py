@@ -138,7 +138,7 @@ def test_what_cannot_be_delivered_is_refused_at_validate(corpus, case: Case, tmp
         _delivers_in_a_child_process(case, corpus[case.name], manifest, tmp_path)
         return
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "row 1, source" in result.stderr
+    assert "row 2, source" in result.stderr
     assert re.search(case.refused, result.stderr), f"the refusal does not say what was found: {result.stderr}"
 
 
@@ -158,7 +158,7 @@ def test_one_validation_of_the_whole_corpus_names_exactly_the_refused_shots(corp
     names = [case.name for case in CORPUS]
     result = dubflow_cli("validate", str(write_manifest(tmp_path / "all.csv", {n: corpus[n] for n in names})))
     assert result.returncode == 1, f"exit {result.returncode}: {result.stderr[-2000:]}"
-    named = {names[int(row) - 1] for row in re.findall(r"^  - row (\d+), ", result.stderr, re.MULTILINE)}
+    named = {names[int(row) - 2] for row in re.findall(r"^  - row (\d+), ", result.stderr, re.MULTILINE)}
     must = {case.name for case in REFUSED if not case.either_way}
     may = {case.name for case in REFUSED if case.either_way}
     assert must <= named <= must | may, result.stderr
