@@ -77,6 +77,7 @@ __all__ = [
     "checkpoint_component_keys",
     "load_checkpoint_components",
     "load_upsampler_file",
+    "upsampler_file_config",
     "random_ic_lora",
     "read_reference_downscale_factor",
     "rename_checkpoint_key",
@@ -281,19 +282,25 @@ def load_upsampler_file(path: Path, dtype: torch.dtype) -> torch.nn.Module:
     """Upstream's x2 spatial latent upscaler file (e.g. ``ltx-2.3-spatial-upscaler-x2-1.0.safetensors``),
     configured by its own metadata; its keys are diffusers' ``LTX2LatentUpsamplerModel``'s."""
     from diffusers.pipelines.ltx2 import LTX2LatentUpsamplerModel
+    from safetensors.torch import load_file
+
+    config = upsampler_file_config(path)
+    return _load_strictly(LTX2LatentUpsamplerModel, config, load_file(str(path)), dtype, str(path))
+
+
+def upsampler_file_config(path: Path) -> dict:
+    """``LTX2LatentUpsamplerModel``'s arguments from an upstream upscaler file's ``config`` metadata."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:
         raw = (handle.metadata() or {}).get("config")
-        state = {key: handle.get_tensor(key) for key in handle.keys()}
     try:
         config = json.loads(raw) if raw is not None else None
     except json.JSONDecodeError:
         config = None
     if not isinstance(config, dict):
         raise LipDubLoadError(f"{path}: no JSON `config` in its metadata: not an LTX-2 spatial upscaler file")
-    config = {_UPSAMPLER_CONFIG_NAMES.get(key, key): value for key, value in config.items()}
-    return _load_strictly(LTX2LatentUpsamplerModel, config, state, dtype, str(path))
+    return {_UPSAMPLER_CONFIG_NAMES.get(key, key): value for key, value in config.items()}
 
 
 def _load_strictly(cls, config: dict, state: dict[str, torch.Tensor], dtype: torch.dtype, source: str) -> torch.nn.Module:

@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
-from dubflow.models.lipdub import LipDubModel, build_smoke_weights
+from dubflow.models.lipdub import LipDubLoadError, LipDubModel, build_smoke_weights, load_upsampler_file
 from dubflow.models.lipdub_pipeline import (
     AUDIO_REFERENCE_GAP_SECONDS,
     STAGE_1_SIGMAS,
@@ -34,6 +35,7 @@ from dubflow.models.lipdub_pipeline import (
 from dubflow.models.ltx2_architectures import LTX_2_3, SMOKE
 from dubflow.models.ltx_files import LIPDUB_LORA_FILE
 from dubflow.models.profiles import load_lipdub, resolve_profile
+from dubflow.models.weights import check_weights, weights_identity
 
 DATA = Path(__file__).parent / "data" / "upstream_dubit"
 TOLERANCE = 1e-5
@@ -74,9 +76,9 @@ def reference() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> LipDubModel:
-    """Loaded the way a run loads it: profile ``ltx-2.3``, a weights folder, ``DUBFLOW_LTX_CHECKPOINT``
-    (transformer, VAEs and vocoder) and ``DUBFLOW_LTX_UPSAMPLER``, the files exactly as upstream wrote them."""
+def upstream_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A weights folder with the harness's configs (the smoke model's text encoder and connectors, unused
+    here), and upstream's single-file checkpoint and upscaler file exactly as upstream's code wrote them."""
     root = tmp_path_factory.mktemp("upstream")
     weights = Path(shutil.copytree(build_smoke_weights(root / "smoke"), root / "weights"))
     configs = {"transformer": ("LTX2VideoTransformer3DModel", TRANSFORMER_CONFIG), **COMPONENT_CONFIGS}
@@ -86,14 +88,21 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> LipDubModel:
         (weights / name / "config.json").write_text(json.dumps({"_class_name": class_name, **config}))
     shutil.rmtree(weights / "latent_upsampler")  # upstream's upscaler file replaces it
     shutil.copy(DATA / "lora.safetensors", weights / LIPDUB_LORA_FILE)
-    files = {}
+    files = {"weights": weights}
     for name in ("checkpoint", "spatial_upscaler"):  # stored xz-compressed (see tools/dubit_reference.py)
         files[name] = root / f"{name}.safetensors"
         files[name].write_bytes(lzma.decompress((DATA / f"{name}.safetensors.xz").read_bytes()))
+    return files
+
+
+@pytest.fixture(scope="module")
+def model(upstream_files: dict[str, Path]) -> LipDubModel:
+    """Loaded the way a run loads it: profile ``ltx-2.3``, a weights folder, ``DUBFLOW_LTX_CHECKPOINT``
+    (transformer, VAEs and vocoder) and ``DUBFLOW_LTX_UPSAMPLER``."""
     with pytest.MonkeyPatch.context() as env:
-        env.setenv("DUBFLOW_LTX_WEIGHTS", str(weights))
-        env.setenv("DUBFLOW_LTX_CHECKPOINT", str(files["checkpoint"]))
-        env.setenv("DUBFLOW_LTX_UPSAMPLER", str(files["spatial_upscaler"]))
+        env.setenv("DUBFLOW_LTX_WEIGHTS", str(upstream_files["weights"]))
+        env.setenv("DUBFLOW_LTX_CHECKPOINT", str(upstream_files["checkpoint"]))
+        env.setenv("DUBFLOW_LTX_UPSAMPLER", str(upstream_files["spatial_upscaler"]))
         env.setenv("DUBFLOW_FP8_WEIGHTS", "0")
         return load_lipdub(resolve_profile("ltx-2.3"), "cpu")
 
@@ -209,3 +218,40 @@ def test_log_mel_frame_count_follows_the_hop(reference) -> None:
     tensors, _ = reference
     mel = tensors["voice.16000.mel"]
     assert mel.shape[2] == math.floor(tensors["voice.16000.wave"].shape[1] / 160) + 1
+
+
+def test_models_check_accepts_upstreams_files(upstream_files: dict[str, Path]) -> None:
+    report = check_weights(upstream_files["weights"], checkpoint=upstream_files["checkpoint"],
+                           upsampler=upstream_files["spatial_upscaler"])
+    assert report.ok, report.render()
+    for name in ("transformer", "vae", "audio_vae", "vocoder"):
+        assert any(line.startswith(f"checkpoint.safetensors ({name}):") for line in report.checked), report.render()
+    assert any(line.startswith("spatial_upscaler.safetensors (latent_upsampler):") for line in report.checked)
+
+
+def test_an_upscaler_file_that_does_not_fit_is_refused_naming_why(upstream_files: dict[str, Path], tmp_path: Path) -> None:
+    tensors = load_file(str(upstream_files["spatial_upscaler"]))
+    with safe_open(str(upstream_files["spatial_upscaler"]), framework="pt") as handle:
+        metadata = handle.metadata()
+    bare = tmp_path / "bare.safetensors"
+    save_file(tensors, str(bare))
+    with pytest.raises(LipDubLoadError, match="no JSON `config` in its metadata"):
+        load_upsampler_file(bare, torch.float32)
+    short = tmp_path / "short.safetensors"
+    missing = sorted(tensors)[0]
+    save_file({k: v for k, v in tensors.items() if k != missing}, str(short), metadata=metadata)
+    with pytest.raises(LipDubLoadError, match=f"Missing key.*{missing}"):
+        load_upsampler_file(short, torch.float32)
+
+
+def test_replacing_the_upscaler_file_changes_the_weights_identity(upstream_files: dict[str, Path], tmp_path: Path) -> None:
+    weights, memo = upstream_files["weights"], tmp_path / "memo.json"
+    upsampler = tmp_path / "ltx-2.3-spatial-upscaler-x2-1.0.safetensors"
+    shutil.copy(upstream_files["spatial_upscaler"], upsampler)
+    lora = weights / LIPDUB_LORA_FILE
+    before = weights_identity(weights, lora, None, memo, upsampler)
+    with safe_open(str(upsampler), framework="pt") as handle:
+        metadata = handle.metadata()
+    save_file({k: v * 2 for k, v in load_file(str(upsampler)).items()}, str(upsampler), metadata=metadata)
+    after = weights_identity(weights, lora, None, memo, upsampler)
+    assert before["upsampler"] != after["upsampler"] and before["base"] == after["base"]
