@@ -196,6 +196,26 @@ def test_matches_upstream_at_every_checkpoint(model: LipDubModel, reference, sam
     assert _relative(sampled[checkpoint], expected) <= TOLERANCE
 
 
+@pytest.mark.parametrize("stage", [1, 2])
+def test_reference_video_encoding_matches_upstream(model: LipDubModel, reference, stage: int) -> None:
+    """The source frames (another size than the take) resized to the stage's size and VAE-encoded."""
+    tensors, metadata = reference
+    frames = tensors["encode.frames"].permute(0, 3, 1, 2).float() / 255.0
+    height, width = int(metadata["height"]) // (3 - stage), int(metadata["width"]) // (3 - stage)
+    with torch.inference_mode():
+        tokens = model.pipe._encode_video_reference(frames, height, width, float(metadata["fps"]), 1)
+    expected = model.pipe._pack_latents(tensors[f"encode.video_stage_{stage}"], 1, 1)
+    assert _relative(tokens.latents, expected) <= TOLERANCE
+
+
+def test_voice_encoding_matches_upstream(model: LipDubModel, reference) -> None:
+    """A stereo 48 kHz voice through the front end and the audio VAE encoder."""
+    tensors, _ = reference
+    with torch.inference_mode():
+        tokens = model.pipe.encode_voice(tensors["voice.48000.wave"], 48_000)
+    assert _relative(tokens.latents, model.pipe._pack_audio_latents(tensors["encode.voice"])) <= TOLERANCE
+
+
 def test_decoded_audio_is_at_upstreams_rate(model: LipDubModel, reference) -> None:
     tensors, _ = reference
     assert model.sample_rate == int(tensors["decode.audio_rate"]) == 48_000

@@ -346,6 +346,34 @@ def run_dubit_stages(out: Path, generator: torch.Generator) -> dict[str, torch.T
     return tensors
 
 
+def encode_references(out: Path, voice: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The references as DubItPipeline encodes them, through its pipeline blocks: source frames (uint8,
+    another size than the take, the same aspect) resized and normalised by `video_preprocess` and
+    VAE-encoded with its default encode tiling at both stage sizes; the voice (a stereo 48 kHz wave)
+    through `encode_audio` (front end + audio VAE encoder)."""
+    from ltx_core.model.audio_vae import encode_audio
+    from ltx_core.model.video_vae import TileSizeConfig
+    from ltx_core.types import Audio
+    from ltx_pipelines.utils.blocks import AudioConditioner, ImageConditioner
+    from ltx_pipelines.utils.media_io import video_preprocess
+
+    cpu = torch.device("cpu")
+    frames = torch.randint(0, 256, (NUM_FRAMES, HEIGHT * 3 // 4, WIDTH * 3 // 4, 3), generator=generator, dtype=torch.uint8)
+    conditioner = ImageConditioner(str(out / CHECKPOINT), torch.float32, cpu)
+
+    def encode(height: int, width: int) -> torch.Tensor:
+        pixels = video_preprocess((frame[None] for frame in frames), height, width, torch.float32, cpu)
+        return conditioner(lambda encoder: encoder.tiled_encode(pixels, TileSizeConfig.default()))
+
+    voice_latent = AudioConditioner(str(out / CHECKPOINT), torch.float32, cpu)(
+        lambda encoder: encode_audio(Audio(voice[None], 48_000), encoder, None)
+    )
+    return {
+        "encode.frames": frames, "encode.video_stage_1": encode(HEIGHT // 2, WIDTH // 2),
+        "encode.video_stage_2": encode(HEIGHT, WIDTH), "encode.voice": voice_latent,
+    }
+
+
 def voice_front_end(generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Upstream's AudioProcessor (torchaudio resample to 16 kHz + log-mel) at several input rates."""
     from ltx_core.model.audio_vae.ops import AudioProcessor
@@ -388,6 +416,7 @@ def main() -> None:
     build_upsampler(args.out, generator)
     tensors = {**run_dubit_stages(args.out, torch.Generator().manual_seed(SEED + 1)),
                **voice_front_end(torch.Generator().manual_seed(SEED + 2))}
+    tensors |= encode_references(args.out, tensors["voice.48000.wave"], torch.Generator().manual_seed(SEED + 3))
     metadata = {
         "upstream_commit": args.commit, "fps": repr(FPS), "num_frames": str(NUM_FRAMES), "height": str(HEIGHT),
         "width": str(WIDTH),
