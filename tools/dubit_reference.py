@@ -1,32 +1,38 @@
-"""Reference numbers from upstream LTX-2 DubIt for dubflow's equivalence tests (tests/test_lipdub_upstream.py).
+"""Reference numbers from upstream LTX-2 DubIt for dubflow's equivalence tests (tests/test_upstream_dubit.py).
 
 Runs Lightricks' own code (``ltx-core`` + ``ltx-pipelines``, checked out OUTSIDE this repository: its
 licence forbids committing or vendoring it) and writes, into one folder under ``tests/data/``:
 
-``checkpoint.safetensors``
-    A tiny LTX-2.3-shaped transformer (every LTX-2.3 switch: gated attention, cross-attention AdaLN
-    with ``prompt_adaln_single``, split RoPE, per-modality text projections; the real 128 video and
-    128 audio latent channels, which upstream's pipeline blocks hard-code) with seeded random weights,
-    in upstream's own single-file layout: upstream's ``LTXModel.state_dict()`` under the
-    ``model.diffusion_model.`` prefix its loader strips, the configuration as ``config`` metadata.
-    It is read back through upstream's own ``Builder`` before use.
+``checkpoint.safetensors.xz``
+    A tiny LTX-2.3-shaped model with seeded random weights in upstream's own single-file layout,
+    the configuration as ``config`` metadata: the transformer (every LTX-2.3 switch: gated attention,
+    cross-attention AdaLN with ``prompt_adaln_single``, split RoPE, per-modality text projections;
+    the real 128 video and 128 audio latent channels, which upstream's pipeline blocks hard-code)
+    under ``model.diffusion_model.``, the video VAE under ``vae.``, the audio VAE under
+    ``audio_vae.``, the vocoder with bandwidth extension under ``vocoder.`` (LTX-2.3's layouts at
+    tiny widths: ``VIDEO_VAE_CONFIG``, ``AUDIO_VAE_CONFIG``, ``VOCODER_CONFIG``). Every component is
+    read back through upstream's own ``Builder``s before use. xz-compressed (the test unpacks it).
+``spatial_upscaler.safetensors.xz``
+    The x2 spatial latent upsampler as upstream ships it: its own file, its configuration as metadata.
 ``lora.safetensors``
     A random rank-2 IC-LoRA in the official key layout (``diffusion_model.`` prefix), fused by
     upstream's loader at strength 1.0 in both stages, as ``DubItPipeline`` does.
 ``reference.safetensors``
     Inputs (text-connector outputs, reference video latents at both stage sizes, the voice
-    reference's audio latent, the stage-2 starting latent, every noise tensor in the order drawn)
-    and upstream's outputs: the first transformer forward (velocities), stage-1 video and audio
-    latents, stage-2 video latent. Also the voice front end: upstream's ``AudioProcessor``
-    (torchaudio resampler + log-mel) on one waveform at 16, 44.1 and 48 kHz, stereo and mono.
-    The metadata names the upstream commit and the geometry.
+    reference's audio latent, every noise tensor in the order drawn, source frames) and upstream's
+    outputs: the first transformer forward (velocities), stage-1 video and audio latents, the
+    upsampled latent (stage 2's start), the stage-2 video latent, the decoded frames and the decoded
+    audio (with its rate); the reference encodings (source frames at both stage sizes, a voice);
+    the voice front end: upstream's ``AudioProcessor`` (torchaudio resampler + log-mel) on one
+    waveform at 16, 44.1 and 48 kHz, stereo and mono. The metadata names the upstream commit and the
+    geometry.
 
-Stage 2 starts from a stored latent (``stage_2_initial``) rather than upstream's upsampler output:
-the upsampler, the VAEs and the vocoder are not shared with dubflow by this harness (see
-docs/fidelity.md). Everything else is upstream's own code path: ``DiffusionStage`` with its
-conditioning classes (``VideoConditionByReferenceLatent``, ``AudioConditionByReferenceLatent`` via
-``dubit.patchify_dubit_audio_reference_latent``), ``SimpleDenoiser``, the Euler loop and the
-Gaussian noiser (recorded, not replaced).
+It is upstream's own code path throughout: ``DiffusionStage`` with its conditioning classes
+(``VideoConditionByReferenceLatent``, ``AudioConditionByReferenceLatent`` via
+``dubit.patchify_dubit_audio_reference_latent``), ``SimpleDenoiser``, the Euler loop and the Gaussian
+noiser (recorded, not replaced), and the pipeline blocks ``DubItPipeline`` uses for the rest
+(``VideoUpsampler``, ``VideoDecoder``, ``AudioDecoder``, ``ImageConditioner``, ``AudioConditioner``).
+The only change is the LoRA fusion rule at fp32 (see ``run_dubit_stages``).
 
 Run (the upstream checkout and a Python environment with its dependencies, e.g. torch, torchaudio,
 einops, transformers<5.15, safetensors, scipy, av)::
