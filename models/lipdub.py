@@ -257,8 +257,9 @@ def load_checkpoint_components(checkpoint: Path, config_dir: Path, dtype: torch.
     from diffusers.pipelines.ltx2 import LTX2VocoderWithBWE
     from safetensors import safe_open
 
+    prefixes = tuple(CHECKPOINT_PREFIXES.values())
     with safe_open(str(checkpoint), framework="pt") as handle:
-        official = {key: handle.get_tensor(key) for key in handle.keys()}
+        official = {key: handle.get_tensor(key) for key in handle.keys() if key.startswith(prefixes)}
     present = [name for name, prefix in CHECKPOINT_PREFIXES.items() if any(k.startswith(prefix) for k in official)]
     if "transformer" not in present:
         raise LipDubLoadError(
