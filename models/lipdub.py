@@ -319,7 +319,9 @@ def _load_strictly(cls, config: dict, state: dict[str, torch.Tensor], dtype: tor
         module.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as error:  # torch names every missing, unexpected and misshapen tensor
         raise LipDubLoadError(f"{source} does not fit {cls.__name__}: {error}") from None
-    return module.to(dtype).eval()
+    # torch's own cast: diffusers' `to` adds only a warning about `_keep_in_fp32_modules`, which none of
+    # these classes sets (from_pretrained's torch_dtype would cast them whole too).
+    return torch.nn.Module.to(module, dtype).eval()
 
 
 class LipDubModel:
