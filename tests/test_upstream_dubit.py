@@ -1,12 +1,13 @@
 """dubflow's LipDub computes what upstream LTX-2 DubIt computes, checked against upstream's own numbers.
 
 ``tests/data/upstream_dubit/`` was written by ``tools/dubit_reference.py`` running Lightricks' code
-(``ltx-core``/``ltx-pipelines`` at the commit in its metadata) on a tiny LTX-2.3-shaped transformer
-with random weights: the single-file checkpoint (upstream's layout, written from upstream's model),
-an IC-LoRA in the official layout, the inputs, every noise tensor upstream drew, and upstream's
-outputs. Here the checkpoint and the LoRA go through dubflow's real loading path (the ``ltx-2.3``
-profile with ``DUBFLOW_LTX_CHECKPOINT``: diffusers' single-file conversion, LoRA fused through peft)
-and dubflow's sampler replays upstream's noise. Everything must agree to 1e-5 relative in fp32.
+(``ltx-core``/``ltx-pipelines`` at the commit in its metadata) on a tiny LTX-2.3-shaped model with
+random weights: the single-file checkpoint (upstream's layout, written from upstream's models:
+transformer, video VAE, audio VAE, vocoder), the spatial upscaler file, an IC-LoRA in the official
+layout, the inputs, every noise tensor upstream drew, and upstream's outputs. Here the files go
+through dubflow's real loading path (the ``ltx-2.3`` profile with ``DUBFLOW_LTX_CHECKPOINT`` and
+``DUBFLOW_LTX_UPSAMPLER``; LoRA fused through peft), dubflow encodes the references, samples both
+stages replaying upstream's noise, upsamples and decodes. Everything must agree to 1e-5 relative in fp32.
 """
 
 from __future__ import annotations
