@@ -145,7 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("dir", type=Path, nargs="?", default=None, help="weights directory (default: $DUBFLOW_LTX_WEIGHTS)")
     check.add_argument("--lora", type=Path, default=None, help="IC-LoRA file (default: the one in DIR)")
     check.add_argument("--checkpoint", type=Path, default=None,
-                       help="official single-file checkpoint whose transformer replaces DIR's ($DUBFLOW_LTX_CHECKPOINT)")
+                       help="official single-file checkpoint whose transformer, VAEs and vocoder replace DIR's "
+                            "($DUBFLOW_LTX_CHECKPOINT)")
+    check.add_argument("--upsampler", type=Path, default=None,
+                       help="upstream's spatial upscaler file, replacing DIR's latent_upsampler/ ($DUBFLOW_LTX_UPSAMPLER)")
     download = subcommand(model_commands, "download", "fetch the base and the gated IC-LoRA into DIR (token: $HF_TOKEN)")
     download.add_argument("dir", type=Path, help="where the weights go; then export DUBFLOW_LTX_WEIGHTS=DIR")
 
@@ -498,7 +501,8 @@ def _models(args: argparse.Namespace) -> int:
               f"export DUBFLOW_LTX_WEIGHTS={directory}")
         return EXIT_OK
     checkpoint = args.checkpoint or os.environ.get("DUBFLOW_LTX_CHECKPOINT") or None
-    report = check_weights(args.dir or ltx_weights_dir(), args.lora, checkpoint)
+    upsampler = args.upsampler or os.environ.get("DUBFLOW_LTX_UPSAMPLER") or None
+    report = check_weights(args.dir or ltx_weights_dir(), args.lora, checkpoint, upsampler)
     print(report.render(), file=sys.stdout if report.ok else sys.stderr)
     return EXIT_OK if report.ok else EXIT_FAILED
 

@@ -25,6 +25,7 @@ format, saves them with ``save_pretrained`` and loads them through :meth:`LipDub
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -34,7 +35,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -73,13 +74,17 @@ __all__ = [
     "fuse_lora",
     "get_resident_model",
     "get_resident_random_model",
-    "load_checkpoint_transformer",
+    "checkpoint_component_keys",
+    "load_checkpoint_components",
+    "load_upsampler_file",
+    "upsampler_file_config",
     "random_ic_lora",
     "read_reference_downscale_factor",
     "rename_checkpoint_key",
 ]
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ADAPTER_NAME = "lipdub"
 DEFAULT_SPEAKER = "A person"
@@ -178,14 +183,34 @@ def read_reference_downscale_factor(lora_path: Path) -> int:
     return factor
 
 
-# Official (ltx-core) transformer key -> diffusers key, for the names diffusers 0.42.1's single-file
-# conversion (`convert_ltx2_transformer_to_diffusers`) does not rename: LTX-2.3's prompt AdaLN
-# (`prompt_adaln_single`, `audio_prompt_adaln_single`; diffusers: `prompt_adaln`, `audio_prompt_adaln`).
-# Without them the weights are reported unused and loading fails with "Cannot copy out of meta tensor".
-# The fix in diffusers: add `"prompt_adaln_single": "prompt_adaln"` to LTX_2_0_TRANSFORMER_KEYS_RENAME_DICT
-# and skip `prompt_adaln_single` keys in its `adaln_single` special-key handler.
-_CHECKPOINT_PREFIX = "model.diffusion_model."
+# Upstream LTX-2's own files. The single-file checkpoint bundles every component but the text encoder
+# and the upsampler under these prefixes, with its configuration as `config` metadata; the x2 spatial
+# upscaler is a file of its own, its configuration as metadata.
+CHECKPOINT_PREFIXES = {
+    "transformer": "model.diffusion_model.", "vae": "vae.", "audio_vae": "audio_vae.", "vocoder": "vocoder.",
+}
+# Official (ltx-core) key -> diffusers key, where diffusers 0.42.1's single-file conversion lacks a rename.
+# Transformer, before `convert_ltx2_transformer_to_diffusers`: LTX-2.3's prompt AdaLN (`prompt_adaln_single`,
+# `audio_prompt_adaln_single`; diffusers: `prompt_adaln`, `audio_prompt_adaln`). Without them the weights
+# are reported unused and loading fails with "Cannot copy out of meta tensor". The fix in diffusers: add
+# `"prompt_adaln_single": "prompt_adaln"` to LTX_2_0_TRANSFORMER_KEYS_RENAME_DICT and skip
+# `prompt_adaln_single` keys in its `adaln_single` special-key handler.
 _CHECKPOINT_RENAMES = (("prompt_adaln_single.", "prompt_adaln."),)  # also turns audio_prompt_adaln_single.
+# Video VAE, after `convert_ltx2_vae_to_diffusers` (its table is LTX-2.0's: three decoder up blocks, no
+# timestep-conditioning renames): LTX-2.3's fourth up block and the conditioned decoder's last AdaLN.
+# diffusers' conversion script has them (LTX_2_3_VIDEO_VAE_RENAME_DICT); its single-file loader does not.
+_VAE_RENAMES = (
+    ("decoder.up_blocks.7.", "decoder.up_blocks.3.upsamplers.0."), ("decoder.up_blocks.8.", "decoder.up_blocks.3."),
+    ("decoder.last_time_embedder.", "decoder.time_embedder."), ("decoder.last_scale_shift_table", "decoder.scale_shift_table"),
+)
+# Vocoder with bandwidth extension: diffusers has no single-file conversion for it; these are its
+# conversion script's (LTX_2_3_VOCODER_RENAME_DICT and its `.ups.` special case), on the keys below `vocoder.`.
+_VOCODER_RENAMES = (
+    (".ups.", ".upsamplers."), ("resblocks", "resnets"), ("conv_pre", "conv_in"), ("conv_post", "conv_out"),
+    ("act_post", "act_out"), ("downsample.lowpass", "downsample"),
+)
+# The upscaler's metadata names -> LTX2LatentUpsamplerModel's arguments (the rest are the same names).
+_UPSAMPLER_CONFIG_NAMES = {"spatial_scale": "rational_spatial_scale", "rational_resampler": "use_rational_resampler"}
 
 
 def rename_checkpoint_key(key: str) -> str:
@@ -195,23 +220,108 @@ def rename_checkpoint_key(key: str) -> str:
     return key
 
 
-def load_checkpoint_transformer(checkpoint: Path, config_dir: Path, dtype: torch.dtype) -> torch.nn.Module:
-    """The transformer of an official single-file LTX-2 checkpoint, configured by ``config_dir/transformer``.
+def checkpoint_component_keys(component: str, official: dict[str, T]) -> dict[str, T]:
+    """A component's entries of an official single-file checkpoint (keys with the component's prefix,
+    values anything: tensors, shapes) keyed as its diffusers model names them."""
+    from diffusers.loaders.single_file_utils import (
+        convert_ltx2_audio_vae_to_diffusers,
+        convert_ltx2_transformer_to_diffusers,
+        convert_ltx2_vae_to_diffusers,
+    )
 
-    Only the ``model.diffusion_model.*`` tensors are read (the file also bundles the VAEs and the
-    vocoder), renamed where diffusers' conversion lacks a rename, then converted by diffusers.
+    prefix = CHECKPOINT_PREFIXES[component]
+    entries = {key: value for key, value in official.items() if key.startswith(prefix)}
+    if component == "transformer":
+        return convert_ltx2_transformer_to_diffusers({rename_checkpoint_key(k): v for k, v in entries.items()})
+    if component == "vae":
+        return {_renamed(k, _VAE_RENAMES): v for k, v in convert_ltx2_vae_to_diffusers(entries).items()}
+    if component == "audio_vae":
+        return convert_ltx2_audio_vae_to_diffusers(entries)
+    return {_renamed(k.removeprefix(prefix), _VOCODER_RENAMES): v for k, v in entries.items()}
+
+
+def _renamed(key: str, renames: tuple[tuple[str, str], ...]) -> str:
+    for official, diffusers_name in renames:
+        key = key.replace(official, diffusers_name)
+    return key
+
+
+def load_checkpoint_components(checkpoint: Path, config_dir: Path, dtype: torch.dtype) -> dict[str, torch.nn.Module]:
+    """The components an official single-file LTX-2 checkpoint bundles (transformer, video VAE, audio
+    VAE, vocoder: each one the file holds), configured by ``config_dir/<component>/config.json``.
+
+    The transformer goes through diffusers' single-file loader; the others are loaded strictly from
+    their converted keys (:func:`checkpoint_component_keys`).
     """
-    from diffusers import LTX2VideoTransformer3DModel
+    from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, LTX2VideoTransformer3DModel
+    from diffusers.pipelines.ltx2 import LTX2VocoderWithBWE
     from safetensors import safe_open
 
+    prefixes = tuple(CHECKPOINT_PREFIXES.values())
     with safe_open(str(checkpoint), framework="pt") as handle:
-        state = {rename_checkpoint_key(key): handle.get_tensor(key)
-                 for key in handle.keys() if key.startswith(_CHECKPOINT_PREFIX)}
-    if not state:
-        raise LipDubLoadError(f"{checkpoint}: no {_CHECKPOINT_PREFIX}* tensors: not an LTX-2 single-file checkpoint")
-    return LTX2VideoTransformer3DModel.from_single_file(
-        state, config=str(config_dir), subfolder="transformer", torch_dtype=dtype
-    )
+        official = {key: handle.get_tensor(key) for key in handle.keys() if key.startswith(prefixes)}
+    present = [name for name, prefix in CHECKPOINT_PREFIXES.items() if any(k.startswith(prefix) for k in official)]
+    if "transformer" not in present:
+        raise LipDubLoadError(
+            f"{checkpoint}: no {CHECKPOINT_PREFIXES['transformer']}* tensors: not an LTX-2 single-file checkpoint"
+        )
+    classes = {"vae": AutoencoderKLLTX2Video, "audio_vae": AutoencoderKLLTX2Audio, "vocoder": LTX2VocoderWithBWE}
+    components = {}
+    for name in present:
+        state = checkpoint_component_keys(name, official)
+        if name == "transformer":
+            components[name] = LTX2VideoTransformer3DModel.from_single_file(
+                state, config=str(config_dir), subfolder="transformer", torch_dtype=dtype
+            )
+        else:
+            config = classes[name].load_config(config_dir / name)
+            components[name] = _load_strictly(classes[name], config, state, dtype, f"{checkpoint} ({name})")
+    return components
+
+
+def load_upsampler_file(path: Path, dtype: torch.dtype) -> torch.nn.Module:
+    """Upstream's x2 spatial latent upscaler file (e.g. ``ltx-2.3-spatial-upscaler-x2-1.0.safetensors``),
+    configured by its own metadata; its keys are diffusers' ``LTX2LatentUpsamplerModel``'s."""
+    from diffusers.pipelines.ltx2 import LTX2LatentUpsamplerModel
+    from safetensors.torch import load_file
+
+    config = upsampler_file_config(path)
+    return _load_strictly(LTX2LatentUpsamplerModel, config, load_file(str(path)), dtype, str(path))
+
+
+def upsampler_file_config(path: Path) -> dict:
+    """``LTX2LatentUpsamplerModel``'s arguments from an upstream upscaler file's ``config`` metadata."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        raw = (handle.metadata() or {}).get("config")
+    try:
+        config = json.loads(raw) if raw is not None else None
+    except json.JSONDecodeError:
+        config = None
+    if not isinstance(config, dict):
+        raise LipDubLoadError(f"{path}: no JSON `config` in its metadata: not an LTX-2 spatial upscaler file")
+    return {_UPSAMPLER_CONFIG_NAMES.get(key, key): value for key, value in config.items()}
+
+
+def _load_strictly(cls, config: dict, state: dict[str, torch.Tensor], dtype: torch.dtype, source: str) -> torch.nn.Module:
+    """``cls`` built from ``config`` with exactly ``state``'s tensors: any missing, left over or of another
+    shape fails, naming them. Parameters are never initialised; buffers no file holds (the vocoder's
+    filters and STFT bases) are built by the class."""
+    from accelerate import init_empty_weights
+
+    try:
+        with init_empty_weights(include_buffers=False):
+            module = cls.from_config(config)
+    except (TypeError, ValueError) as error:
+        raise LipDubLoadError(f"{source}: its configuration does not build a {cls.__name__}: {error}") from None
+    try:
+        module.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as error:  # torch names every missing, unexpected and misshapen tensor
+        raise LipDubLoadError(f"{source} does not fit {cls.__name__}: {error}") from None
+    # torch's own cast: diffusers' `to` adds only a warning about `_keep_in_fp32_modules`, which none of
+    # these classes sets (from_pretrained's torch_dtype would cast them whole too).
+    return torch.nn.Module.to(module, dtype).eval()
 
 
 class LipDubModel:
@@ -261,42 +371,45 @@ class LipDubModel:
         dtype: torch.dtype = torch.float32,
         kernels: Kernels = Kernels(),
         checkpoint: Path | None = None,
+        upsampler: Path | None = None,
     ) -> LipDubModel:
-        """Base from a diffusers-format directory (with ``latent_upsampler/``), IC-LoRA fused in.
+        """Base from a diffusers-format directory, IC-LoRA fused in.
 
         ``checkpoint``, an official single-file LTX-2.3 checkpoint (e.g. the distilled
-        ``ltx-2.3-22b-distilled-1.1.safetensors``), replaces the directory's transformer: it is read
-        through diffusers' own key conversion (plus the renames it lacks, :func:`load_checkpoint_transformer`)
-        with the directory's transformer config. Its bundled VAEs are the same as the directory's, which are used.
+        ``ltx-2.3-22b-distilled-1.1.safetensors``), replaces the directory's transformer, video VAE,
+        audio VAE and vocoder with those it bundles (:func:`load_checkpoint_components`: diffusers' own
+        key conversion plus the renames it lacks), configured by the directory's configs.
+        ``upsampler``, upstream's spatial upscaler file, replaces the directory's ``latent_upsampler/``.
         """
         weights_dir, lora_path = Path(weights_dir), Path(lora_path)
         if not (weights_dir / "model_index.json").is_file():
             raise LipDubLoadError(f"{weights_dir} is not a diffusers-format directory (no model_index.json)")
-        if not (weights_dir / "latent_upsampler" / "config.json").is_file():
+        if upsampler is None and not (weights_dir / "latent_upsampler" / "config.json").is_file():
             raise LipDubLoadError(
-                f"{weights_dir} has no latent_upsampler/ (the x2 spatial upscaler two-stage LipDub needs)"
+                f"{weights_dir} has no latent_upsampler/ (the x2 spatial upscaler two-stage LipDub needs); "
+                "add it, or name upstream's upscaler file (ltx-2.3-spatial-upscaler-x2-*.safetensors)"
             )
         if not lora_path.is_file():
             raise LipDubLoadError(f"LipDub IC-LoRA not found: {lora_path}")
         from diffusers.pipelines.ltx2 import LTX2LatentUpsamplerModel
         from safetensors.torch import load_file
 
-        if checkpoint is not None and not Path(checkpoint).is_file():
-            raise LipDubLoadError(f"single-file checkpoint not found: {checkpoint}")
+        for label, path in (("single-file checkpoint", checkpoint), ("spatial upscaler file", upsampler)):
+            if path is not None and not Path(path).is_file():
+                raise LipDubLoadError(f"{label} not found: {path}")
         factor = read_reference_downscale_factor(lora_path)
         overrides = {
-            "latent_upsampler": LTX2LatentUpsamplerModel.from_pretrained(
-                weights_dir / "latent_upsampler", torch_dtype=dtype
-            )
+            "latent_upsampler": load_upsampler_file(Path(upsampler), dtype) if upsampler is not None
+            else LTX2LatentUpsamplerModel.from_pretrained(weights_dir / "latent_upsampler", torch_dtype=dtype)
         }
         if checkpoint is not None:
-            overrides["transformer"] = load_checkpoint_transformer(Path(checkpoint), weights_dir, dtype)
+            overrides.update(load_checkpoint_components(Path(checkpoint), weights_dir, dtype))
         pipe = LTX2LipDubPipeline.from_pretrained(weights_dir, dtype=dtype, **overrides)
         pipe.set_progress_bar_config(disable=True)
         pipe.to(device)
         fuse_lora(pipe, load_file(str(lora_path)), str(lora_path))
         _use_kernels(pipe, kernels)
-        base = weights_dir.name if checkpoint is None else f"{weights_dir.name}:{Path(checkpoint).name}"
+        base = ":".join([weights_dir.name, *(Path(p).name for p in (checkpoint, upsampler) if p is not None)])
         identity = f"{base}+{lora_path.name}@{sha256_file(lora_path)[:12]}"
         model = cls(pipe, reference_downscale_factor=factor, identity=identity, kernels=kernels)
         cls.load_count += 1
@@ -684,12 +797,13 @@ def get_resident_model(
     dtype: torch.dtype = torch.float32,
     kernels: Kernels = Kernels(),
     checkpoint: Path | None = None,
+    upsampler: Path | None = None,
 ) -> LipDubModel:
     """The process's LipDub model for these weights on this device, loaded on first use only."""
-    paths = [str(Path(p).resolve()) if p is not None else None for p in (weights_dir, lora_path, checkpoint)]
+    paths = [str(Path(p).resolve()) if p is not None else None for p in (weights_dir, lora_path, checkpoint, upsampler)]
     key = ("lipdub", str(torch.device(device)), *paths, str(dtype), kernels)
     return resident(
-        key, lambda: LipDubModel.load(Path(weights_dir), Path(lora_path), device, dtype, kernels, checkpoint)
+        key, lambda: LipDubModel.load(Path(weights_dir), Path(lora_path), device, dtype, kernels, checkpoint, upsampler)
     )
 
 

@@ -124,6 +124,7 @@ class LTX2LipDubPipeline(LTX2InContextPipeline):
             processor=processor, prompt_enhancer=prompt_enhancer,
         )
         self.register_modules(latent_upsampler=latent_upsampler)
+        clamp_vocoder_before_bandwidth_extension(vocoder)
 
     # --- geometry -------------------------------------------------------------------------------
 
@@ -412,6 +413,21 @@ class LTX2LipDubPipeline(LTX2InContextPipeline):
         )
         mel = self.audio_vae.decode(latents.to(self.audio_vae.dtype), return_dict=False)[0]
         return self.vocoder(mel.to(self.vocoder.dtype))[0].float()
+
+
+def clamp_vocoder_before_bandwidth_extension(vocoder: LTX2VocoderWithBWE) -> None:
+    """Clip the 16 kHz vocoder's waveform to [-1, 1] before the bandwidth extension sees it, as upstream does.
+
+    Upstream's ``VocoderWithBWE`` builds its first vocoder with the final activation on
+    (``ltx_core/model/audio_vae/model_configurator.py``: ``use_tanh_at_final=False`` means a clamp), and
+    only the extension generator without. diffusers' LTX-2.3 conversion writes ``final_act_fn=None``
+    for that vocoder (no clamp), so anything louder than full scale reaches the extension's mel and
+    skip path unclipped: 2.5 % relative difference in the harness's decoded audio (tests/test_upstream_dubit.py)
+    without the clamp, 2.2e-6 with it.
+    An explicit ``tanh`` or ``clamp`` in the config is left as it is.
+    """
+    if isinstance(vocoder, LTX2VocoderWithBWE) and vocoder.vocoder.final_act_fn is None:
+        vocoder.vocoder.final_act_fn = "clamp"
 
 
 @contextmanager

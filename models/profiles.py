@@ -49,7 +49,8 @@ class ModelProfile:
     lipdub_lora: Path | None  # IC-LoRA safetensors in the official key format; None = built at random
     max_height: int | None  # generation height cap (smoke only); None = the shot's own size
     kernels: Kernels = Kernels()  # GPU profiles: read from the environment by `gpu_kernels`
-    lipdub_checkpoint: Path | None = None  # official single-file transformer ($DUBFLOW_LTX_CHECKPOINT)
+    lipdub_checkpoint: Path | None = None  # official single-file checkpoint ($DUBFLOW_LTX_CHECKPOINT)
+    lipdub_upsampler: Path | None = None  # upstream's spatial upscaler file ($DUBFLOW_LTX_UPSAMPLER)
 
     @property
     def notice(self) -> str | None:
@@ -143,9 +144,11 @@ def resolve_profile(name: str, remote_gpus: bool = False) -> ModelProfile:
         weights = ltx_weights_dir()
         lora = lora_file(weights)
         checkpoint = os.environ.get("DUBFLOW_LTX_CHECKPOINT")
-        if checkpoint and not Path(checkpoint).is_file():
-            raise ProfileError(f"DUBFLOW_LTX_CHECKPOINT={checkpoint} is not a file; unset it or point it at the "
-                               "single-file LTX-2.3 checkpoint")
+        upsampler = os.environ.get("DUBFLOW_LTX_UPSAMPLER")
+        for variable, path, what in (("DUBFLOW_LTX_CHECKPOINT", checkpoint, "single-file LTX-2.3 checkpoint"),
+                                     ("DUBFLOW_LTX_UPSAMPLER", upsampler, "LTX-2.3 spatial upscaler file")):
+            if path and not Path(path).is_file():
+                raise ProfileError(f"{variable}={path} is not a file; unset it or point it at the {what}")
         if not (weights / "model_index.json").is_file() or not lora.is_file():
             raise ProfileError(
                 f"ltx-2.3 weights not found in {weights} (need model_index.json and {' or '.join(LORA_FILES)}); "
@@ -164,6 +167,7 @@ def resolve_profile(name: str, remote_gpus: bool = False) -> ModelProfile:
             max_height=None,
             kernels=gpu_kernels(),
             lipdub_checkpoint=Path(checkpoint) if checkpoint else None,
+            lipdub_upsampler=Path(upsampler) if upsampler else None,
         )
     if name == "ltx-2.3-random":
         from dubflow.models.separator import build_smoke_separator
@@ -198,4 +202,4 @@ def load_lipdub(profile: ModelProfile, device: str | None = None):  # -> LipDubM
     if profile.lipdub_weights is None:
         return get_resident_random_model(LTX_2_3, device, dtype, RANDOM_WEIGHTS_SEED, profile.kernels)
     return get_resident_model(profile.lipdub_weights, profile.lipdub_lora, device, dtype, profile.kernels,
-                              profile.lipdub_checkpoint)
+                              profile.lipdub_checkpoint, profile.lipdub_upsampler)

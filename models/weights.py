@@ -57,10 +57,14 @@ class WeightsReport:
         return "\n".join(lines)
 
 
-def check_weights(weights_dir: Path, lora_path: Path | None = None, checkpoint: Path | None = None) -> WeightsReport:
+def check_weights(
+    weights_dir: Path, lora_path: Path | None = None, checkpoint: Path | None = None, upsampler: Path | None = None
+) -> WeightsReport:
     """Files present, every tensor's name and shape as the configs say, every LoRA key on a module.
 
-    ``checkpoint``, an official single-file checkpoint, is checked as the transformer it provides.
+    ``checkpoint``, an official single-file checkpoint, is checked as the components it bundles
+    (transformer, video VAE, audio VAE, vocoder) against the directory's configs; ``upsampler``,
+    upstream's spatial upscaler file, against the configuration in its metadata.
     """
     weights_dir = Path(weights_dir)
     lora_path = Path(lora_path) if lora_path is not None else lora_file(weights_dir)
@@ -69,8 +73,9 @@ def check_weights(weights_dir: Path, lora_path: Path | None = None, checkpoint: 
         report.problems.append(f"{weights_dir}/model_index.json missing: not a diffusers-format directory "
                                f"(fetch one with `dubflow models download {weights_dir}`)")
         return report
+    replaced = _replaced_components(checkpoint, upsampler)
     for name in DIFFUSERS_COMPONENTS:
-        if not (weights_dir / name).is_dir():
+        if not (weights_dir / name).is_dir() and not (name == "latent_upsampler" and upsampler is not None):
             report.problems.append(f"{name}/ missing")
     text_encoder = weights_dir / "text_encoder"
     if text_encoder.is_dir():
@@ -79,14 +84,13 @@ def check_weights(weights_dir: Path, lora_path: Path | None = None, checkpoint: 
             report.checked.append("text_encoder: config and safetensors present (shapes checked by transformers on load)")
         else:
             report.problems.append("text_encoder/: needs config.json and *.safetensors")
-    transformer = None
-    for name in _WEIGHTED:
-        if (weights_dir / name).is_dir():
-            module = _check_component(weights_dir / name, name, report)
-            if name == "transformer":
-                transformer = module
+    modules = {name: _check_component(weights_dir / name, name, report, replaced.get(name))
+               for name in _WEIGHTED if (weights_dir / name).is_dir()}
+    transformer = modules.get("transformer")
     if checkpoint is not None and transformer is not None:
-        _check_checkpoint(Path(checkpoint), transformer, report)
+        _check_checkpoint(Path(checkpoint), modules, report)
+    if upsampler is not None:
+        _check_upsampler_file(Path(upsampler), report)
     if not lora_path.is_file():
         report.problems.append(f"IC-LoRA missing: none of {', '.join(LORA_FILES)} in {lora_path.parent} "
                                f"(gated on the hub: {LORA_REPO})")
@@ -111,16 +115,34 @@ def _component_class(name: str, weights_dir: Path):
     }[name]
 
 
-def _check_component(directory: Path, name: str, report: WeightsReport) -> torch.nn.Module | None:
+def _replaced_components(checkpoint: Path | None, upsampler: Path | None) -> dict[str, str]:
+    """Components whose weights come from upstream's files rather than the directory, with the file's name."""
+    from dubflow.models.lipdub import CHECKPOINT_PREFIXES
+
+    replaced = {"latent_upsampler": Path(upsampler).name} if upsampler is not None else {}
+    if checkpoint is not None and Path(checkpoint).is_file():
+        keys = _header_shapes([Path(checkpoint)])
+        replaced |= {name: Path(checkpoint).name for name, prefix in CHECKPOINT_PREFIXES.items()
+                     if any(key.startswith(prefix) for key in keys)}
+    return replaced
+
+
+def _check_component(
+    directory: Path, name: str, report: WeightsReport, weights_from: str | None = None
+) -> torch.nn.Module | None:
+    """``weights_from``: the file that provides this component's weights instead (its config stays here)."""
     config_file = directory / "config.json"
     files = sorted(directory.glob("*.safetensors"))
-    if not config_file.is_file() or not files:
+    if not config_file.is_file() or not (files or weights_from):
         report.problems.append(f"{name}/: needs config.json and *.safetensors, found {sorted(p.name for p in directory.iterdir())}")
         return None
     cls = _component_class(name, directory)
     with torch.device("meta"):
         module = cls.from_config(cls.load_config(directory))
-    _compare(name, _meta_shapes(module), _header_shapes(files), report)
+    if files:
+        _compare(name, _meta_shapes(module), _header_shapes(files), report)
+    else:
+        report.checked.append(f"{name}: config here, weights from {weights_from}")
     return module
 
 
@@ -157,22 +179,40 @@ def _compare(
         report.checked.append(f"{name}: {len(found)} tensors ({sum(_numel(s) for s in found.values()):,} values) as configured")
 
 
-def _check_checkpoint(checkpoint: Path, transformer: torch.nn.Module, report: WeightsReport) -> None:
-    """The single file's transformer tensors, renamed by diffusers' own conversion, against the config."""
-    from diffusers.loaders.single_file_utils import convert_ltx2_transformer_to_diffusers
+def _check_checkpoint(checkpoint: Path, modules: dict[str, torch.nn.Module | None], report: WeightsReport) -> None:
+    """Each component the single file bundles, keyed as dubflow loads it (diffusers' own conversion plus
+    the renames it lacks), against the directory's config for it."""
+    from dubflow.models.lipdub import CHECKPOINT_PREFIXES, checkpoint_component_keys
 
     if not checkpoint.is_file():
         report.problems.append(f"single-file checkpoint {checkpoint} not found")
         return
-    from dubflow.models.lipdub import rename_checkpoint_key
-
-    found = {rename_checkpoint_key(key): shape for key, shape in _header_shapes([checkpoint]).items()
-             if key.startswith("model.diffusion_model.")}
-    if not found:
+    shapes = _header_shapes([checkpoint])
+    if not any(key.startswith(CHECKPOINT_PREFIXES["transformer"]) for key in shapes):
         report.problems.append(f"{checkpoint.name}: no model.diffusion_model.* tensors: not an LTX-2 checkpoint")
         return
-    converted = convert_ltx2_transformer_to_diffusers(found)
-    _compare(f"{checkpoint.name} (transformer)", _meta_shapes(transformer), converted, report)
+    for name, prefix in CHECKPOINT_PREFIXES.items():
+        if modules.get(name) is not None and any(key.startswith(prefix) for key in shapes):
+            converted = checkpoint_component_keys(name, shapes)
+            _compare(f"{checkpoint.name} ({name})", _meta_shapes(modules[name]), converted, report)
+
+
+def _check_upsampler_file(upsampler: Path, report: WeightsReport) -> None:
+    from diffusers.pipelines.ltx2 import LTX2LatentUpsamplerModel
+
+    from dubflow.models.lipdub import LipDubLoadError, upsampler_file_config
+
+    if not upsampler.is_file():
+        report.problems.append(f"spatial upscaler file {upsampler} not found")
+        return
+    try:
+        config = upsampler_file_config(upsampler)
+        with torch.device("meta"):
+            module = LTX2LatentUpsamplerModel.from_config(config)
+    except (LipDubLoadError, TypeError, ValueError) as error:
+        report.problems.append(f"{upsampler.name}: {error}")
+        return
+    _compare(f"{upsampler.name} (latent_upsampler)", _meta_shapes(module), _header_shapes([upsampler]), report)
 
 
 def _check_lora(lora_path: Path, transformer: torch.nn.Module, report: WeightsReport) -> None:
@@ -213,9 +253,11 @@ def _numel(shape: tuple[int, ...]) -> int:
     return count
 
 
-def weights_identity(weights_dir: Path, lora_path: Path, checkpoint: Path | None, memo: Path) -> dict[str, str | None]:
+def weights_identity(
+    weights_dir: Path, lora_path: Path, checkpoint: Path | None, memo: Path, upsampler: Path | None = None
+) -> dict[str, str | None]:
     """The LTX-2 weights by content: one digest over every file of the diffusers folder (names relative
-    to it, each file's SHA-256), the single-file checkpoint's and the LoRA's SHA-256.
+    to it, each file's SHA-256), the single-file checkpoint's, the upscaler file's and the LoRA's SHA-256.
 
     Full-content hashes, not safetensors headers plus sizes: a header holds names, dtypes, shapes and
     offsets, which a new release of the same architecture (LTX-2.3 distilled 1.0 and 1.1) leaves
@@ -250,6 +292,7 @@ def weights_identity(weights_dir: Path, lora_path: Path, checkpoint: Path | None
     identity = {
         "base": hashlib.sha256(listing.encode()).hexdigest(),
         "checkpoint": digest(Path(checkpoint)) if checkpoint is not None else None,
+        "upsampler": digest(Path(upsampler)) if upsampler is not None else None,
         "lora": digest(Path(lora_path)),
     }
     if changed:

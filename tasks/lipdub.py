@@ -28,7 +28,7 @@ from dubflow.tasks.validate import Shot
 
 logger = logging.getLogger(__name__)
 
-LIPDUB_VERSION = 4  # bump when the stage's output changes for the same inputs (3: upstream DubIt's algorithm; 4: the soundtrack conformed to the picture)
+LIPDUB_VERSION = 5  # bump when the stage's output changes for the same inputs (3: upstream DubIt's algorithm; 4: the soundtrack conformed to the picture; 5: the vocoder clamps before bandwidth extension, as upstream)
 WEIGHT_HASHES_FILE = "weight-hashes.json"  # per-file content hashes of the LTX weights, in the cache folder
 # After a GPU out-of-memory error the take is tried once more in windows of this many frames
 # (8k+1; about 5 s at 24 fps): each pass holds fewer tokens, so its activations need less memory.
@@ -77,7 +77,7 @@ def lipdub_identity(profile: ModelProfile) -> dict:
     if profile.lipdub_weights is None:
         return {"architecture": LTX_2_3.name, "random_seed": RANDOM_WEIGHTS_SEED}
     return weights_identity(profile.lipdub_weights, profile.lipdub_lora, profile.lipdub_checkpoint,
-                            cache_dir() / WEIGHT_HASHES_FILE)
+                            cache_dir() / WEIGHT_HASHES_FILE, profile.lipdub_upsampler)
 
 
 def lipdub_key(shot: Shot, row: ManifestRow, profile: ModelProfile, model_identity: dict) -> str:

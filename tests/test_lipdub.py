@@ -268,11 +268,12 @@ def _upstream(name: str) -> torch.Tensor:
         return handle.get_tensor(name)
 
 
-# Upstream's schedules and where its voice reference ends (its first forward's audio positions:
-# 18 target tokens, then the reference).
+# Upstream's schedules and where its voice reference ends (its first forward's audio positions: the
+# target tokens, then the reference's, which alone sit at timestep 0).
 UPSTREAM_STAGE_1_SIGMAS = _upstream("upstream.stage_1_sigmas").tolist()
 UPSTREAM_STAGE_2_SIGMAS = _upstream("upstream.stage_2_sigmas").tolist()
-UPSTREAM_VOICE_END = float(_upstream("forward.audio_positions")[0, 0, 18:, 1].max())
+_UPSTREAM_REFERENCE_TOKENS = _upstream("forward.audio_timesteps")[0, :, 0] == 0
+UPSTREAM_VOICE_END = float(_upstream("forward.audio_positions")[0, 0, _UPSTREAM_REFERENCE_TOKENS, 1].max())
 
 
 def test_two_distilled_stages_with_the_voice_reference_at_negative_times(model: LipDubModel) -> None:
