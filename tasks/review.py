@@ -12,7 +12,7 @@ files it needs review proxies that a browser seeks cheaply and exactly: per shot
 (`review/media/<shot>_original.mp4`; locked pictures are usually ProRes MOVs that browsers do not
 play) and per pair the delivered picture (`review/media/<shot>_<language>_dub.mp4`), both
 picture-only, all-intra H.264 (every frame a keyframe: a seek decodes one frame), frame for frame
-at the exact rate, no wider than 960 px. The original mix (dialogue + bed, the source soundtrack on
+at the exact rate, at most 960 px on the longer side. The original mix (dialogue + bed, the source soundtrack on
 the picture's timeline) is `review/media/<shot>_original_mix.wav`; per pair, a thumbnail of the
 dub's middle frame. `review/history.json` carries the verdicts of earlier takes (written by
 `dubflow retake`), so the page shows each pair's take history.
@@ -26,9 +26,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 from importlib import resources
+from itertools import islice
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import Image
 from prefect import task
@@ -37,7 +37,7 @@ from prefect.cache_policies import NO_CACHE
 from dubflow.manifests.schema import ManifestRow
 from dubflow.media.audio import picture_samples
 from dubflow.media.files import atomic_write_bytes
-from dubflow.media.io import (DELIVERY_SAMPLE_RATE, AudioTrack, iter_frames, probe, read_audio, write_video,
+from dubflow.media.io import (DELIVERY_SAMPLE_RATE, AudioTrack, PictureFormat, iter_frames, read_audio, write_video,
                               write_wav)
 from dubflow.tasks.publish import DeliveryFile, PairOutcome
 from dubflow.tasks.retries import STAGE_RETRIES
@@ -51,7 +51,7 @@ REVIEW_FORMAT = "dubflow-review/1"  # the review file the page exports and `dubf
 PAGE_ASSETS = ("index.html", "review.js", "review.css")
 _LEVEL_FLOOR_DB = -90.0  # silence is drawn at the bottom of the level plot, not at -inf
 _THUMBNAIL_HEIGHT = 90
-PROXY_MAX_WIDTH = 960  # review copies: wider pictures are scaled down (aspect kept) to keep them small
+PROXY_MAX_SIZE = 960  # review proxies: larger pictures are scaled down (aspect kept) to keep them small
 PROXY_CRF = 23  # x264's default quality: every frame is a keyframe, so a lower CRF would grow them fast
 
 
@@ -80,17 +80,20 @@ def frame_levels(audio: np.ndarray, frame_count: int, fps: Fraction, sample_rate
     return levels
 
 
-def write_review_proxy(frames: Iterable[np.ndarray], fps: Fraction, out: Path) -> Path:
-    """A picture-only, all-intra H.264 copy of `frames` at exactly `fps` (one frame out per frame in),
-    scaled down to `PROXY_MAX_WIDTH` when wider."""
-    return write_video(out, (_fit_width(frame) for frame in frames), fps, crf=PROXY_CRF, all_intra=True)
+def write_review_proxy(frames: Iterable[np.ndarray], picture: PictureFormat, out: Path) -> Path:
+    """A picture-only, all-intra H.264 copy of `frames` at exactly the rate (one frame out per frame
+    in) with the SAR and colour tags of `picture`, at a size browsers play (`_proxy_frame`)."""
+    return write_video(out, (_proxy_frame(frame) for frame in frames), picture, crf=PROXY_CRF, all_intra=True)
 
 
-def _fit_width(frame: np.ndarray) -> np.ndarray:
+def _proxy_frame(frame: np.ndarray) -> np.ndarray:
+    """`frame` no larger than `PROXY_MAX_SIZE` on its longer side and even-sized (an odd size would
+    be encoded 4:4:4, which browsers do not decode), the aspect kept to the nearest even size."""
     height, width = frame.shape[:2]
-    if width <= PROXY_MAX_WIDTH:
+    scale = min(1.0, PROXY_MAX_SIZE / max(width, height))
+    size = (max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2))
+    if size == (width, height):
         return frame
-    size = (PROXY_MAX_WIDTH, max(2, round(height * PROXY_MAX_WIDTH / width / 2) * 2))
     return np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.LANCZOS))
 
 
@@ -101,14 +104,10 @@ def write_original_mix(separated: SeparatedShot, out: Path) -> Path:
     return write_wav(out, AudioTrack((dialogue + bed).astype(np.float32), DELIVERY_SAMPLE_RATE, separated.layout))
 
 
-def write_thumbnail(picture: Path, out: Path) -> Path:
-    """The middle frame of `picture`, scaled to a thumbnail's height, as JPEG."""
-    middle = probe(picture).frame_count // 2
-    with av.open(str(picture)) as container:
-        for index, frame in enumerate(container.decode(video=0)):
-            if index == middle:
-                image = frame.to_image()
-                break
+def write_thumbnail(picture: Path, frame_index: int, out: Path) -> Path:
+    """Frame `frame_index` of `picture`, scaled to a thumbnail's height, as JPEG."""
+    frame = next(islice(iter_frames(picture), frame_index, None))
+    image = Image.fromarray(frame)
     width = max(1, round(image.width * _THUMBNAIL_HEIGHT / image.height))
     image.resize((width, _THUMBNAIL_HEIGHT)).save(out, "JPEG", quality=85)
     return out
@@ -155,14 +154,16 @@ def build_review(
             if row.shot_id not in originals:
                 originals[row.shot_id] = (f"media/{row.shot_id}_original.mp4", f"media/{row.shot_id}_original_mix.wav")
                 picture, mix = originals[row.shot_id]
-                write_review_proxy(iter_frames(shot.source), shot.media.fps, out_dir / picture)
+                # Upright and tagged as the delivered picture is, so the two show alike side by side.
+                write_review_proxy(iter_frames(shot.source, shot.media.rotation), shot.media.picture_format,
+                                   out_dir / picture)
                 write_original_mix(separated[row.shot_id], out_dir / mix)
                 written += [(out_dir / name, name, row.shot_id, None) for name in (picture, mix)]
             review_copy = delivered[(row.shot_id, row.language, "review_mp4")]
             dub = f"media/{row.shot_id}_{row.language}_dub.mp4"
-            write_review_proxy(iter_frames(review_copy.source), shot.media.fps, out_dir / dub)
+            write_review_proxy(iter_frames(review_copy.source), shot.media.picture_format, out_dir / dub)
             thumbnail = f"media/{row.shot_id}_{row.language}_thumb.jpg"
-            write_thumbnail(review_copy.source, out_dir / thumbnail)
+            write_thumbnail(out_dir / dub, shot.media.frame_count // 2, out_dir / thumbnail)
             written += [(out_dir / name, name, row.shot_id, row.language) for name in (dub, thumbnail)]
             pair.update(_pair_media(row, shot, separated[row.shot_id], delivered, originals[row.shot_id], dub,
                                     thumbnail))

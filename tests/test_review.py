@@ -21,8 +21,8 @@ from dubflow.flows.localize import localize
 from dubflow.flows.review import ReviewError, plan_retake, read_review_file
 from dubflow.media.files import sha256_file
 from dubflow.manifests.schema import ManifestError
-from dubflow.media.io import read_audio, read_frames
-from dubflow.tasks.review import frame_levels
+from dubflow.media.io import PictureFormat, iter_frames, read_audio, read_frames
+from dubflow.tasks.review import frame_levels, write_review_proxy
 from dubflow.tasks.validate import validate_manifest
 
 ARTIFACTS = Path(__file__).parent / "artifacts" / "review"  # screenshots kept for people to look at
@@ -33,7 +33,7 @@ SHOT = "sc01_sh010"  # 72 frames at 24000/1001: a fractional rate is where frame
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--window-size=1280,900", "--allow-file-access-from-files")
-PLAY_S = 4.0  # sampled play: past the shot's 3.003 s, so the loop wraps once
+PLAY_S = 3.0  # sampled play from frame 39 of 72 (1.63 s in): the loop wraps after 1.4 s
 
 
 @pytest.fixture(scope="module")
@@ -146,18 +146,15 @@ def _at_rest(driver) -> dict:
     raise AssertionError("the pictures did not come to rest")
 
 
-def _ffprobe(path: Path, entries: str, *options: str) -> str:
-    return subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", *options, "-show_entries", entries,
-                           "-of", "csv=p=0", str(path)], capture_output=True, check=True, text=True).stdout.strip()
-
-
 def _reference_prints(proxy: Path) -> np.ndarray:
     """The fingerprint of every frame of `proxy` as the ffmpeg CLI decodes it (frames × values)."""
-    width, height = (int(v) for v in _ffprobe(proxy, "stream=width,height").split(","))
+    size = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width,height",
+                           "-of", "csv=p=0", str(proxy)], capture_output=True, check=True, text=True).stdout
+    width, height = (int(v) for v in size.split(","))
     raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(proxy), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
                          capture_output=True, check=True).stdout
-    frames = np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3).astype(np.float64)
-    rows = frames[:, [int(np.floor(row * height)) for row in _PRINT_ROWS], ::2]
+    frames = np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)
+    rows = frames[:, [int(np.floor(row * height)) for row in _PRINT_ROWS], ::2].astype(np.float64)
     return np.round(rows @ [0.299, 0.587, 0.114]).reshape(len(frames), -1)
 
 
@@ -193,14 +190,6 @@ def browser_review(browser, first_run: Path) -> dict:
         "return ['original-picture', 'dub-picture'].map(id => [document.getElementById(id).width, "
         "document.getElementById(id).height])")
 
-    browser.find_element(By.ID, "play").click()
-    browser.execute_script(_SAMPLE_PLAY)
-    _wait(browser, "window.played.done", timeout_s=PLAY_S + 15)
-    record["played"] = browser.execute_script("return window.played")
-    browser.find_element(By.ID, "play").click()  # pause
-    record["after_play"] = _at_rest(browser)
-    record["clock_after_play"] = browser.execute_script("return document.getElementById('audio-new_mix').currentTime")
-
     browser.execute_script("const s = document.getElementById('scrub'); s.value = 40;"
                            "s.dispatchEvent(new Event('input'));")
     record["after_seek"] = _at_rest(browser)
@@ -211,6 +200,14 @@ def browser_review(browser, first_run: Path) -> dict:
     record["after_step_back"] = _at_rest(browser)
     record["readout"] = browser.find_element(By.ID, "frame-readout").text
     record["subtitle"] = browser.execute_script("return document.getElementById('subtitle').textContent")
+
+    browser.find_element(By.ID, "play").click()
+    browser.execute_script(_SAMPLE_PLAY)
+    _wait(browser, "window.played.done", timeout_s=PLAY_S + 15)
+    record["played"] = browser.execute_script("return window.played")
+    browser.find_element(By.ID, "play").click()  # pause
+    record["after_play"] = _at_rest(browser)
+    record["clock_after_play"] = browser.execute_script("return document.getElementById('audio-new_mix').currentTime")
     browser.save_screenshot(str(ARTIFACTS / "pair.png"))
 
     browser.find_element(By.ID, "note").send_keys("good sync")
@@ -248,11 +245,33 @@ def test_the_review_proxies_are_all_intra_at_the_exact_rate_and_frame_count(firs
     """Checked by ffprobe decoding every frame: the page seeks them frame by frame."""
     media = first_run / "review" / "media"
     for proxy in (media / f"{SHOT}_original.mp4", media / f"{SHOT}_fr_dub.mp4", media / f"{SHOT}_de_dub.mp4"):
-        assert _ffprobe(proxy, "stream=codec_name,width,height,r_frame_rate,nb_read_frames",
-                        "-count_frames") == "h264,854,480,24000/1001,72", proxy
-        flags = _ffprobe(proxy, "packet=flags").split()
+        probed = json.loads(subprocess.run(
+            ["ffprobe", "-v", "error", "-count_frames", "-show_entries", "format=nb_streams:stream=codec_name,width,"
+             "height,r_frame_rate,nb_read_frames:packet=flags", "-select_streams", "v:0", "-of", "json", str(proxy)],
+            capture_output=True, check=True, text=True).stdout)
+        assert probed["format"]["nb_streams"] == 1, proxy  # picture only
+        (stream,) = probed["streams"]
+        assert (stream["codec_name"], stream["width"], stream["height"], stream["r_frame_rate"],
+                stream["nb_read_frames"]) == ("h264", 854, 480, "24000/1001", "72"), proxy
+        flags = [packet["flags"] for packet in probed["packets"]]
         assert len(flags) == 72 and all(flag.startswith("K") for flag in flags), proxy  # every frame a keyframe
-        assert _ffprobe(proxy, "stream=codec_type", "-select_streams", "a") == "", proxy  # picture only
+
+
+def test_a_review_proxy_is_scaled_to_960_px_even_sized_and_frame_exact(tmp_path: Path) -> None:
+    """An odd-sized 1279×719 picture at 30000/1001 (made by the ffmpeg CLI) becomes 960×540 4:2:0,
+    which browsers decode, frame for frame, every frame a keyframe (ffprobe)."""
+    source = tmp_path / "odd.mov"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=1279x719:rate=30000/1001",
+                    "-frames:v", "5", "-c:v", "libx264", "-pix_fmt", "yuv444p", str(source)], check=True)
+    proxy = write_review_proxy(iter_frames(source), PictureFormat(Fraction(30000, 1001)), tmp_path / "proxy.mp4")
+    probed = json.loads(subprocess.run(
+        ["ffprobe", "-v", "error", "-count_frames", "-show_entries", "stream=width,height,pix_fmt,r_frame_rate,"
+         "nb_read_frames:packet=flags", "-select_streams", "v:0", "-of", "json", str(proxy)],
+        capture_output=True, check=True, text=True).stdout)
+    (stream,) = probed["streams"]
+    assert (stream["width"], stream["height"], stream["pix_fmt"], stream["r_frame_rate"], stream["nb_read_frames"]) == (
+        960, 540, "yuv420p", "30000/1001", "5")
+    assert [packet["flags"][0] for packet in probed["packets"]] == ["K"] * 5
 
 
 @pytest.fixture(scope="module")
@@ -296,7 +315,7 @@ def test_both_pictures_play_frame_locked_with_the_sound(browser_review, referenc
     state = browser_review["after_play"]
     originals, dub = _shown(state, references)
     assert state["paused"] and dub in originals and dub == int(browser_review["clock_after_play"] * fps)
-    assert _shown(browser_review["first"], references)[1] == 0
+    assert _shown(browser_review["first"], references)[1] == 0  # the pair opens on its first frame
 
 
 @pytest.mark.parametrize("moment, frame", [("after_seek", 40), ("after_step_forward", 41), ("after_step_back", 39)])
