@@ -92,8 +92,8 @@
     // Picture by seek, sound by play. The clock is the one audio element that plays: the source the
     // reviewer listens to. Both videos stay paused. Whenever the clock nears another frame, both
     // are sought to that frame's centre ((n + 0.5) / fps: never a boundary that rounding could put
-    // on either side) and, once both have finished seeking and the clock has reached the frame,
-    // both are drawn onto their canvases in one callback. So the two pictures always show the same
+    // on either side) and, once both have presented that frame and the clock has reached it, both
+    // are drawn onto their canvases in one callback. So the two pictures always show the same
     // frame index, playing or at rest; a machine too slow to seek every frame skips frames, both
     // pictures alike. The review proxies are all-intra, so a seek decodes one frame.
     constructor(pair) {
@@ -106,8 +106,10 @@
       this.sought = null;  // the frame both videos are sought to, not yet drawn
       this.seeking = false;  // both videos are being sought
       this.seekSeconds = 0.03;  // how long a pair of seeks takes (running mean): how far ahead to seek
+      this.presented = new Map();  // video -> the frame it has presented (requestVideoFrameCallback)
       this.playing = false;
       this.listeners = [];
+      for (const video of this.videos) this.watchFrames(video);
       for (const node of [...this.videos, ...document.querySelectorAll("#pair-view audio")]) {
         this.on(node, "error", () => this.failed(node));
       }
@@ -158,11 +160,36 @@
     async seek(frame) {
       this.seeking = true;
       const started = performance.now();
-      await Promise.all(this.videos.map((video) => seekTo(video, (frame + 0.5) / this.fps)));
+      await Promise.all(this.videos.map((video) => this.seekVideo(video, frame)));
       this.seekSeconds += 0.2 * ((performance.now() - started) / 1000 - this.seekSeconds);
       this.seeking = false;
       this.sought = frame;
       this.update();
+    }
+
+    async seekVideo(video, frame) {
+      // Done once `video` has presented `frame`: `seeked` alone may come before the new frame is
+      // there to draw (seen on a loaded machine). A video already showing the frame is not sought:
+      // it would present nothing new.
+      if (video.readyState === HTMLMediaElement.HAVE_NOTHING) await once(video, "loadedmetadata");
+      if (this.presented.get(video) !== frame) {
+        const sought = once(video, "seeked");
+        video.currentTime = (frame + 0.5) / this.fps;
+        await sought;
+      }
+      while (this.presented.get(video) !== frame && !this.closed) {
+        const metadata = await nextVideoFrame(video);
+        this.presented.set(video, Math.round(metadata.mediaTime * this.fps));
+      }
+    }
+
+    watchFrames(video) {
+      const tick = (now, metadata) => {
+        if (this.closed) return;
+        this.presented.set(video, Math.round(metadata.mediaTime * this.fps));
+        video.requestVideoFrameCallback(tick);
+      };
+      video.requestVideoFrameCallback(tick);
     }
 
     tick() {
@@ -262,12 +289,9 @@
     canvas.getContext("2d").drawImage(video, 0, 0, canvas.width, canvas.height);
   }
 
-  async function seekTo(node, time) {
-    // Resolves once `node` has finished seeking to `time` (a seek needs the file's metadata first).
-    if (node.readyState === HTMLMediaElement.HAVE_NOTHING) await once(node, "loadedmetadata");
-    const sought = once(node, "seeked");
-    node.currentTime = time;
-    await sought;
+  function nextVideoFrame(video) {
+    // Resolves with the metadata of the next frame `video` presents.
+    return new Promise((resolve) => video.requestVideoFrameCallback((now, metadata) => resolve(metadata)));
   }
 
   function once(node, type) {
