@@ -105,7 +105,14 @@ window.fingerprint = (id) => {
   const rgba = reader.getImageData(0, 0, canvas.width, rows.length).data, luma = [];
   for (let i = 0; i < rgba.length; i += 8) luma.push(Math.round(0.299 * rgba[i] + 0.587 * rgba[i + 1] + 0.114 * rgba[i + 2]));
   return luma;
-};""" % json.dumps(_PRINT_ROWS)
+};
+// The frame each video has presented (this test's own requestVideoFrameCallback): at rest, the page
+// has drawn once both videos present the frame they were sought to.
+window.presented = new Map();
+for (const video of [document.getElementById('original'), document.getElementById('dub')]) {
+  const tick = (now, metadata) => { window.presented.set(video, metadata.mediaTime); video.requestVideoFrameCallback(tick); };
+  video.requestVideoFrameCallback(tick);
+}""" % json.dumps(_PRINT_ROWS)
 # Every animation frame for PLAY_S seconds of play: the clock (the audio heard) and both pictures.
 # Identical pictures are kept once (a hash keys them); samples point at them.
 _SAMPLE_PLAY = """
@@ -126,22 +133,24 @@ const sample = (now) => {
 };
 requestAnimationFrame(sample);""" % (PLAY_S * 1000)
 _AT_REST = """const videos = [document.getElementById('original'), document.getElementById('dub')];
+const fps = 24000 / 1001, frame = (seconds) => Math.floor(seconds * fps);
 const drawn = ['original-picture', 'dub-picture'].every((id, i) => document.getElementById(id).width === videos[i].videoWidth);
-return {seeking: videos.some((v) => v.seeking) || !drawn, paused: document.getElementById('audio-new_mix').paused,
+const settled = videos.every((v) => !v.seeking && window.presented.has(v) && frame(window.presented.get(v) + 0.5 / fps) === frame(v.currentTime));
+return {busy: !(drawn && settled), paused: document.getElementById('audio-new_mix').paused,
         original: window.fingerprint('original-picture'), dub: window.fingerprint('dub-picture')}"""
 _DECODER_DIFFERENCE = 1.5  # mean luma levels: chromium's and ffmpeg's decodes of one frame differ by ~1
 
 
 def _at_rest(driver) -> dict:
-    """Both canvases once the page has drawn them and stopped changing them (no seek in flight, the
-    same pictures twice in a row)."""
+    """Both canvases once the page has drawn them and stopped changing them: no seek in flight, each
+    video presenting the frame it stands on, the same pictures twice in a row."""
     deadline = time.monotonic() + 15
     previous = None
     while time.monotonic() < deadline:
         state = driver.execute_script(_AT_REST)
-        if not state["seeking"] and previous == (state["original"], state["dub"]):
+        if not state["busy"] and previous == (state["original"], state["dub"]):
             return state
-        previous = None if state["seeking"] else (state["original"], state["dub"])
+        previous = None if state["busy"] else (state["original"], state["dub"])
         time.sleep(0.1)
     raise AssertionError("the pictures did not come to rest")
 
@@ -181,8 +190,8 @@ def browser_review(browser, first_run: Path) -> dict:
         "return [...document.querySelectorAll('#pairs img')].map(i => i.complete && i.naturalWidth > 0)")
     browser.save_screenshot(str(ARTIFACTS / "index.png"))
 
-    browser.find_element(By.CSS_SELECTOR, f"tr.pair[data-pair='{SHOT}/fr']").click()
     browser.execute_script(_FINGERPRINT)
+    browser.find_element(By.CSS_SELECTOR, f"tr.pair[data-pair='{SHOT}/fr']").click()
     record["first"] = _at_rest(browser)
     record["codecs"] = browser.execute_script(
         "return document.getElementById('dub').canPlayType('video/mp4; codecs=\"avc1.64001f\"')")
