@@ -209,6 +209,7 @@ def browser_review(browser, first_run: Path) -> dict:
     record["after_step_back"] = _at_rest(browser)
     record["readout"] = browser.find_element(By.ID, "frame-readout").text
     record["subtitle"] = browser.execute_script("return document.getElementById('subtitle').textContent")
+    browser.save_screenshot(str(ARTIFACTS / "pair.png"))
 
     browser.find_element(By.ID, "play").click()
     browser.execute_script(_SAMPLE_PLAY)
@@ -217,7 +218,6 @@ def browser_review(browser, first_run: Path) -> dict:
     browser.find_element(By.ID, "play").click()  # pause
     record["after_play"] = _at_rest(browser)
     record["clock_after_play"] = browser.execute_script("return document.getElementById('audio-new_mix').currentTime")
-    browser.save_screenshot(str(ARTIFACTS / "pair.png"))
 
     browser.find_element(By.ID, "note").send_keys("good sync")
     browser.find_element(By.ID, "approve").click()
