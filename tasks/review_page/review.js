@@ -230,7 +230,7 @@
     pause() {
       this.playing = false;
       this.clock.pause();
-      this.seekFrame(this.frameAt(this.clock.currentTime));  // both pictures rest on the clock's frame
+      this.seekFrame(this.frame());  // both pictures rest on the frame the clock stands in
     }
 
     frame() {
