@@ -36,7 +36,8 @@ from dubflow.tasks.review import PROXY_CRF
 SEEKS = 60
 _SEEK_PAIRS = """
 const [first, second, fps, frames, count, done] = arguments;
-const videos = [first, second].map((src) => Object.assign(document.createElement('video'), {src, muted: true, preload: 'auto'}));
+const videos = [first, second].map(
+  (src) => Object.assign(document.createElement('video'), {src, muted: true, preload: 'auto'}));
 const once = (node, type) => new Promise((resolve) => node.addEventListener(type, resolve, {once: true}));
 (async () => {
   await Promise.all(videos.map((video) => once(video, 'loadeddata')));
@@ -45,7 +46,11 @@ const once = (node, type) => new Promise((resolve) => node.addEventListener(type
   for (let i = 0; i < count; i++) {
     frame = (frame + 1 + Math.floor(Math.random() * (frames - 1))) % frames;  // another frame each time
     const started = performance.now();
-    await Promise.all(videos.map((video) => { const sought = once(video, 'seeked'); video.currentTime = (frame + 0.5) / fps; return sought; }));
+    await Promise.all(videos.map((video) => {
+      const sought = once(video, 'seeked');
+      video.currentTime = (frame + 0.5) / fps;
+      return sought;
+    }));
     times.push(performance.now() - started);
   }
   done(times);

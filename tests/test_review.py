@@ -103,14 +103,19 @@ window.fingerprint = (id) => {
   rows.forEach((row, i) => reader.drawImage(canvas, 0, Math.floor(row * canvas.height), canvas.width, 1,
                                             0, i, canvas.width, 1));
   const rgba = reader.getImageData(0, 0, canvas.width, rows.length).data, luma = [];
-  for (let i = 0; i < rgba.length; i += 8) luma.push(Math.round(0.299 * rgba[i] + 0.587 * rgba[i + 1] + 0.114 * rgba[i + 2]));
+  for (let i = 0; i < rgba.length; i += 8) {
+    luma.push(Math.round(0.299 * rgba[i] + 0.587 * rgba[i + 1] + 0.114 * rgba[i + 2]));
+  }
   return luma;
 };
 // The frame each video has presented (this test's own requestVideoFrameCallback): at rest, the page
 // has drawn once both videos present the frame they were sought to.
 window.presented = new Map();
 for (const video of [document.getElementById('original'), document.getElementById('dub')]) {
-  const tick = (now, metadata) => { window.presented.set(video, metadata.mediaTime); video.requestVideoFrameCallback(tick); };
+  const tick = (now, metadata) => {
+    window.presented.set(video, metadata.mediaTime);
+    video.requestVideoFrameCallback(tick);
+  };
   video.requestVideoFrameCallback(tick);
 }""" % json.dumps(_PRINT_ROWS)
 # Every animation frame for PLAY_S seconds of play: the clock (the audio heard) and both pictures.
@@ -134,8 +139,10 @@ const sample = (now) => {
 requestAnimationFrame(sample);""" % (PLAY_S * 1000)
 _AT_REST = """const videos = [document.getElementById('original'), document.getElementById('dub')];
 const fps = 24000 / 1001, frame = (seconds) => Math.floor(seconds * fps);
-const drawn = ['original-picture', 'dub-picture'].every((id, i) => document.getElementById(id).width === videos[i].videoWidth);
-const settled = videos.every((v) => !v.seeking && window.presented.has(v) && frame(window.presented.get(v) + 0.5 / fps) === frame(v.currentTime));
+const drawn = ['original-picture', 'dub-picture'].every(
+  (id, i) => document.getElementById(id).width === videos[i].videoWidth);
+const settled = videos.every((v) => !v.seeking && window.presented.has(v) &&
+  frame(window.presented.get(v) + 0.5 / fps) === frame(v.currentTime));
 return {busy: !(drawn && settled), paused: document.getElementById('audio-new_mix').paused,
         original: window.fingerprint('original-picture'), dub: window.fingerprint('dub-picture')}"""
 _DECODER_DIFFERENCE = 1.5  # mean luma levels: chromium's and ffmpeg's decodes of one frame differ by ~1
