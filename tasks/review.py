@@ -4,31 +4,41 @@ A static, self-contained page (no server, no network): the HTML, script and styl
 (`tasks/review_page/`), the run's data is one script file (`review-data.js`: a page opened from
 `file://` may not fetch JSON), and every media path is relative to the run folder, so the page works
 from the delivery folder, from a downloaded copy of an S3 delivery and from a bucket served over
-HTTP alike. Besides the delivered files it needs, per shot, a browser-playable copy of the locked
-picture with its original mix (`review/media/<shot>_original.mp4`, H.264 + AAC like the review
-copy: locked pictures are usually ProRes or PCM MOVs that browsers do not play) and per pair a
-thumbnail of the dub's middle frame. `review/history.json` carries the verdicts of earlier takes
-(written by `dubflow retake`), so the page shows each pair's take history.
+HTTP alike.
+
+The page shows a pair's two pictures frame-locked: both videos stay paused and are sought together
+to the frame the sound has reached, then drawn together (see review.js). So besides the delivered
+files it needs review proxies that a browser seeks cheaply and exactly: per shot the locked picture
+(`review/media/<shot>_original.mp4`; locked pictures are usually ProRes MOVs that browsers do not
+play) and per pair the delivered picture (`review/media/<shot>_<language>_dub.mp4`), both
+picture-only, all-intra H.264 (every frame a keyframe: a seek decodes one frame), frame for frame
+at the exact rate, at most 960 px on the longer side. The original mix (dialogue + bed, the source soundtrack on
+the picture's timeline) is `review/media/<shot>_original_mix.wav`; per pair, a thumbnail of the
+dub's middle frame. `review/history.json` carries the verdicts of earlier takes (written by
+`dubflow retake`), so the page shows each pair's take history.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 from importlib import resources
+from itertools import islice
 from pathlib import Path
 
-import av
 import numpy as np
+from PIL import Image
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from dubflow.manifests.schema import ManifestRow
 from dubflow.media.audio import picture_samples
 from dubflow.media.files import atomic_write_bytes
-from dubflow.media.io import DELIVERY_SAMPLE_RATE, AudioTrack, iter_frames, probe, read_audio, write_video
+from dubflow.media.io import (DELIVERY_SAMPLE_RATE, AudioTrack, PictureFormat, iter_frames, read_audio, write_video,
+                              write_wav)
 from dubflow.tasks.publish import DeliveryFile, PairOutcome
 from dubflow.tasks.retries import STAGE_RETRIES
 from dubflow.tasks.separate import SeparatedShot
@@ -41,6 +51,8 @@ REVIEW_FORMAT = "dubflow-review/1"  # the review file the page exports and `dubf
 PAGE_ASSETS = ("index.html", "review.js", "review.css")
 _LEVEL_FLOOR_DB = -90.0  # silence is drawn at the bottom of the level plot, not at -inf
 _THUMBNAIL_HEIGHT = 90
+PROXY_MAX_SIZE = 960  # review proxies: larger pictures are scaled down (aspect kept) to keep them small
+PROXY_CRF = 23  # x264's default quality: every frame is a keyframe, so a lower CRF would grow them fast
 
 
 @dataclass(frozen=True)
@@ -68,23 +80,34 @@ def frame_levels(audio: np.ndarray, frame_count: int, fps: Fraction, sample_rate
     return levels
 
 
-def write_original_proxy(shot: Shot, separated: SeparatedShot, out: Path) -> Path:
-    """The locked picture, frame for frame at its exact rate, with its original mix (dialogue + bed,
-    which give back the source soundtrack on the picture's timeline) as H.264 + AAC."""
+def write_review_proxy(frames: Iterable[np.ndarray], picture: PictureFormat, out: Path) -> Path:
+    """A picture-only, all-intra H.264 copy of `frames` at exactly the rate (one frame out per frame
+    in) with the SAR and colour tags of `picture`, at a size browsers play (`_proxy_frame`)."""
+    return write_video(out, (_proxy_frame(frame) for frame in frames), picture, crf=PROXY_CRF, all_intra=True)
+
+
+def _proxy_frame(frame: np.ndarray) -> np.ndarray:
+    """`frame` no larger than `PROXY_MAX_SIZE` on its longer side and even-sized (an odd size would
+    be encoded 4:4:4, which browsers do not decode), the aspect kept to the nearest even size."""
+    height, width = frame.shape[:2]
+    scale = min(1.0, PROXY_MAX_SIZE / max(width, height))
+    size = (max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2))
+    if size == (width, height):
+        return frame
+    return np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.LANCZOS))
+
+
+def write_original_mix(separated: SeparatedShot, out: Path) -> Path:
+    """The shot's original mix, dialogue + bed (the source soundtrack on the picture's timeline)."""
     dialogue, _ = read_audio(separated.dialogue)
     bed, _ = read_audio(separated.bed)
-    mix = AudioTrack((dialogue + bed).astype(np.float32), DELIVERY_SAMPLE_RATE, separated.layout)
-    return write_video(out, iter_frames(shot.source), shot.media.fps, [mix])
+    return write_wav(out, AudioTrack((dialogue + bed).astype(np.float32), DELIVERY_SAMPLE_RATE, separated.layout))
 
 
-def write_thumbnail(picture: Path, out: Path) -> Path:
-    """The middle frame of `picture`, scaled to a thumbnail's height, as JPEG."""
-    middle = probe(picture).frame_count // 2
-    with av.open(str(picture)) as container:
-        for index, frame in enumerate(container.decode(video=0)):
-            if index == middle:
-                image = frame.to_image()
-                break
+def write_thumbnail(picture: Path, frame_index: int, out: Path) -> Path:
+    """Frame `frame_index` of `picture`, scaled to a thumbnail's height, as JPEG."""
+    frame = next(islice(iter_frames(picture), frame_index, None))
+    image = Image.fromarray(frame)
     width = max(1, round(image.width * _THUMBNAIL_HEIGHT / image.height))
     image.resize((width, _THUMBNAIL_HEIGHT)).save(out, "JPEG", quality=85)
     return out
@@ -117,7 +140,7 @@ def build_review(
     delivered = {(item.shot_id, item.language, item.role): item for item in files}
     outcome_of = {(o.shot_id, o.language): o for o in outcomes}
     written: list[tuple[Path, str, str, str | None]] = []  # (file, path under review/, shot, language)
-    proxies: dict[str, str] = {}
+    originals: dict[str, tuple[str, str]] = {}  # shot -> its picture proxy and original mix, under review/
     pairs = []
     for row in rows:
         outcome = outcome_of[(row.shot_id, row.language)]
@@ -128,16 +151,22 @@ def build_review(
         }
         if outcome.status == "delivered":
             shot = shots[row.shot_id]
-            if row.shot_id not in proxies:
-                name = f"media/{row.shot_id}_original.mp4"
-                write_original_proxy(shot, separated[row.shot_id], out_dir / name)
-                written.append((out_dir / name, name, row.shot_id, None))
-                proxies[row.shot_id] = name
-            thumbnail = f"media/{row.shot_id}_{row.language}_thumb.jpg"
+            if row.shot_id not in originals:
+                originals[row.shot_id] = (f"media/{row.shot_id}_original.mp4", f"media/{row.shot_id}_original_mix.wav")
+                picture, mix = originals[row.shot_id]
+                # Upright and tagged as the delivered picture is, so the two show alike side by side.
+                write_review_proxy(iter_frames(shot.source, shot.media.rotation), shot.media.picture_format,
+                                   out_dir / picture)
+                write_original_mix(separated[row.shot_id], out_dir / mix)
+                written += [(out_dir / name, name, row.shot_id, None) for name in (picture, mix)]
             review_copy = delivered[(row.shot_id, row.language, "review_mp4")]
-            write_thumbnail(review_copy.source, out_dir / thumbnail)
-            written.append((out_dir / thumbnail, thumbnail, row.shot_id, row.language))
-            pair.update(_pair_media(row, shot, separated[row.shot_id], delivered, proxies[row.shot_id], thumbnail))
+            dub = f"media/{row.shot_id}_{row.language}_dub.mp4"
+            write_review_proxy(iter_frames(review_copy.source), shot.media.picture_format, out_dir / dub)
+            thumbnail = f"media/{row.shot_id}_{row.language}_thumb.jpg"
+            write_thumbnail(out_dir / dub, shot.media.frame_count // 2, out_dir / thumbnail)
+            written += [(out_dir / name, name, row.shot_id, row.language) for name in (dub, thumbnail)]
+            pair.update(_pair_media(row, shot, separated[row.shot_id], delivered, originals[row.shot_id], dub,
+                                    thumbnail))
         pairs.append(pair)
 
     data = {"format": REVIEW_FORMAT, "run_id": run_id, "profile": profile, "pairs": pairs}
@@ -156,7 +185,8 @@ def build_review(
 
 
 def _pair_media(row: ManifestRow, shot: Shot, separated: SeparatedShot,
-                delivered: dict[tuple[str, str | None, str], DeliveryFile], proxy: str, thumbnail: str) -> dict:
+                delivered: dict[tuple[str, str | None, str], DeliveryFile], original: tuple[str, str], dub: str,
+                thumbnail: str) -> dict:
     """What the pair view plays and draws: paths relative to `review/`, the picture's exact rate,
     frame levels of the original and new dialogue, the subtitle cues and the QC report."""
     media = shot.media
@@ -174,9 +204,11 @@ def _pair_media(row: ManifestRow, shot: Shot, separated: SeparatedShot,
         "fps": [media.fps.numerator, media.fps.denominator],
         "frame_count": media.frame_count,
         "thumbnail": thumbnail,
-        "original": proxy,
-        "dub": relative("review_mp4"),
+        "original": original[0],
+        "dub": dub,
         "audio": {
+            "new_mix": relative("mix"),
+            "original_mix": original[1],
             "new_dialogue": relative("dx"),
             "me": relative("me", None),
             **({"generated_dialogue": f"../{generated.path}"} if generated else {}),

@@ -89,21 +89,34 @@
   // ---- one transport for both players -------------------------------------------------------
 
   class SyncPlayer {
-    // The dub is the clock; the original and the stem players follow it. Positions are frame
-    // centres ((n + 0.5) / fps), so a seek never lands on a frame boundary that rounding could
-    // put on either side.
+    // Picture by seek, sound by play. The clock is the one audio element that plays: the source the
+    // reviewer listens to. Both videos stay paused. Whenever the clock nears another frame, both
+    // are sought to that frame's centre ((n + 0.5) / fps: never a boundary that rounding could put
+    // on either side) and, once both have presented that frame and the clock has reached it, both
+    // are drawn onto their canvases in one callback. So the two pictures always show the same
+    // frame index, playing or at rest; a machine too slow to seek every frame skips frames, both
+    // pictures alike. The review proxies are all-intra, so a seek decodes one frame.
     constructor(pair) {
       this.fps = pair.fps[0] / pair.fps[1];
       this.frameCount = pair.frame_count;
-      this.master = $("dub");
-      this.followers = [$("original"), ...Object.keys(pair.audio).map((name) => $(`audio-${name}`))];
-      this.media = [this.master, ...this.followers];
-      this.presented = new Map();  // video -> frame index last presented (requestVideoFrameCallback)
+      this.videos = [$("original"), $("dub")];
+      this.canvases = [$("original-picture"), $("dub-picture")];
+      this.clock = null;  // the audio element that plays and is heard
+      this.shown = null;  // the frame both pictures show (null before the first is drawn)
+      this.sought = null;  // the frame both videos are sought to, not yet drawn
+      this.seeking = false;  // both videos are being sought
+      this.seekSeconds = 0.03;  // how long a pair of seeks takes (running mean): how far ahead to seek
+      this.presented = new Map();  // video -> the frame it has presented (requestVideoFrameCallback)
       this.playing = false;
       this.listeners = [];
-      this.on(this.master, "ended", () => this.ended());
-      for (const video of [this.master, $("original")]) this.watchFrames(video);
-      for (const node of this.media) this.on(node, "seeked", () => this.changed());
+      for (const video of this.videos) this.watchFrames(video);
+      for (const node of [...this.videos, ...document.querySelectorAll("#pair-view audio")]) {
+        this.on(node, "error", () => this.failed(node));
+      }
+      // The clock ends only when not looping: the pictures rest on the last frame.
+      for (const node of document.querySelectorAll("#pair-view audio")) {
+        this.on(node, "ended", () => { if (node === this.clock) this.pause(); });
+      }
     }
 
     on(node, type, handler) {
@@ -111,58 +124,118 @@
       this.listeners.push(() => node.removeEventListener(type, handler));
     }
 
+    failed(node) {
+      if (this.closed || !node.getAttribute("src")) return;
+      this.pause();
+      $("frame-readout").textContent = `cannot play ${node.getAttribute("src")}: ${node.error.message || "unreadable"}`;
+    }
+
+    frameAt(seconds) {
+      const frame = Math.floor(seconds * this.fps + 1e-6);
+      if (this.clock.loop) return ((frame % this.frameCount) + this.frameCount) % this.frameCount;
+      return Math.min(this.frameCount - 1, Math.max(0, frame));
+    }
+
+    reached(frame, now) {
+      // Whether the clock, in frame `now`, has reached `frame` (across a loop's wrap too).
+      return (now - frame + this.frameCount) % this.frameCount < this.frameCount / 2;
+    }
+
+    update() {
+      // Draw the sought frame once it is due; then seek the next one: at rest the clock's frame,
+      // playing the frame the clock will be in when the seeks are done.
+      if (this.closed) return;
+      const now = this.frameAt(this.clock.currentTime);
+      if (this.sought !== null && (!this.playing || this.reached(this.sought, now))) {
+        this.canvases.forEach((canvas, index) => draw(canvas, this.videos[index]));
+        this.shown = this.sought;
+        this.sought = null;
+        this.changed();
+      }
+      if (this.seeking || this.sought !== null) return;
+      const next = this.playing ? this.frameAt(this.clock.currentTime + this.seekSeconds) : now;
+      if (next !== this.shown) this.seek(next);
+    }
+
+    async seek(frame) {
+      this.seeking = true;
+      const started = performance.now();
+      await Promise.all(this.videos.map((video) => this.seekVideo(video, frame)));
+      this.seekSeconds += 0.2 * ((performance.now() - started) / 1000 - this.seekSeconds);
+      this.seeking = false;
+      this.sought = frame;
+      this.update();
+    }
+
+    async seekVideo(video, frame) {
+      // Done once `video` has presented `frame`: `seeked` alone may come before the new frame is
+      // there to draw (seen on a loaded machine). A video already showing the frame is not sought:
+      // it would present nothing new.
+      if (video.readyState === HTMLMediaElement.HAVE_NOTHING) await once(video, "loadedmetadata");
+      if (this.presented.get(video) !== frame) {
+        const sought = once(video, "seeked");
+        video.currentTime = (frame + 0.5) / this.fps;
+        await sought;
+      }
+      while (this.presented.get(video) !== frame && !this.closed) {
+        const metadata = await nextVideoFrame(video);
+        this.presented.set(video, Math.round(metadata.mediaTime * this.fps));
+      }
+    }
+
     watchFrames(video) {
       const tick = (now, metadata) => {
         if (this.closed) return;
         this.presented.set(video, Math.round(metadata.mediaTime * this.fps));
-        if (video === this.master && this.playing) this.follow();
-        this.changed();
         video.requestVideoFrameCallback(tick);
       };
       video.requestVideoFrameCallback(tick);
     }
 
-    frame() {
-      return Math.min(this.frameCount - 1, Math.max(0, Math.floor(this.master.currentTime * this.fps + 1e-6)));
+    tick() {
+      if (!this.playing || this.closed) return;
+      this.update();
+      requestAnimationFrame(() => this.tick());
     }
 
     seekFrame(frame) {
+      // At rest: the clock on the frame's centre, both pictures to that frame.
       const target = Math.min(this.frameCount - 1, Math.max(0, frame));
-      const time = (target + 0.5) / this.fps;
-      for (const node of this.media) node.currentTime = time;
+      this.clock.currentTime = (target + 0.5) / this.fps;
+      this.update();
       this.changed();
     }
 
-    async play() {
+    play() {
       if (this.frame() >= this.frameCount - 1) this.seekFrame(0);
       this.playing = true;
+      this.clock.currentTime = this.frame() / this.fps;  // from the start of the frame shown
       this.changed();
-      await this.startTogether();
+      this.tick();
+      this.startClock();
     }
 
-    async startTogether() {
-      // Every follower seeks to the master's position first, then all start in the same turn.
-      const time = this.master.currentTime;
-      await Promise.all(this.followers.map((node) => seekTo(node, time)));
-      if (!this.playing || this.closed) return;
-      const results = await Promise.all(this.media.map((node) => {
-        node.playbackRate = 1;
-        return node.play().then(() => null, (error) => error);
-      }));
-      // A pause during the start interrupts play() (AbortError): that is not a failure.
-      const failure = results.find((error) => error && error.name !== "AbortError");
-      if (failure) {
-        this.pause();
-        $("frame-readout").textContent = `cannot play: ${failure.message}`;
+    async startClock() {
+      try {
+        await this.clock.play();
+      } catch (error) {
+        // A pause during the start interrupts play() (AbortError): that is not a failure.
+        if (error.name !== "AbortError") {
+          this.pause();
+          $("frame-readout").textContent = `cannot play: ${error.message}`;
+        }
       }
-      this.changed();
     }
 
     pause() {
       this.playing = false;
-      for (const node of this.media) node.pause();
-      for (const node of this.media) node.playbackRate = 1;
-      this.seekFrame(this.frame());  // both players come to rest on the same frame
+      this.clock.pause();
+      this.seekFrame(this.frame());  // both pictures rest on the frame the clock stands in
+    }
+
+    frame() {
+      // The frame at rest: where the clock stands (the pictures follow it).
+      return this.frameAt(this.clock.currentTime);
     }
 
     toggle() {
@@ -174,55 +247,29 @@
       this.seekFrame(this.frame() + delta);
     }
 
-    follow() {
-      // A drift under one frame is taken out by running the follower up to 25 % faster or slower
-      // until it is within a tenth of a frame; a follower further off (its decoder stalled, on a
-      // busy machine) makes every player stop on the master's frame and start again together.
-      if (this.resyncing) return;
-      const clock = this.master.currentTime;
-      for (const node of this.followers) {
-        if (node.paused || !node.src) continue;
-        const drift = node.currentTime - clock;
-        if (Math.abs(drift) > 1 / this.fps) {
-          this.resync();
-          return;
-        }
-        node.playbackRate = Math.abs(drift) > 0.1 / this.fps ? 1 - Math.max(-0.25, Math.min(0.25, drift * 4)) : 1;
-      }
-    }
-
-    async resync() {
-      this.resyncing = true;
-      for (const node of this.media) node.pause();
-      await this.startTogether();
-      this.resyncing = false;
-    }
-
-    ended() {
-      if ($("loop").checked) {
-        this.seekFrame(0);
-        this.play();
-      } else {
-        this.pause();
-      }
+    setLoop(loop) {
+      this.clock.loop = loop;  // looping is the clock's own: it wraps without a gap
     }
 
     listen(choice) {
-      const sources = { new_mix: this.master, original_mix: $("original"), new_dialogue: $("audio-new_dialogue"),
-        me: $("audio-me"), generated_dialogue: $("audio-generated_dialogue") };
-      for (const node of Object.values(sources)) node.muted = true;
-      sources[choice].muted = false;
+      // The chosen source becomes the clock, at the clock's position; only the clock plays.
+      const next = $(`audio-${choice}`);
+      if (next === this.clock) return;
+      if (this.clock) {
+        this.clock.pause();
+        next.currentTime = this.clock.currentTime;
+      }
+      this.clock = next;
+      this.clock.loop = $("loop").checked;
+      if (this.playing) this.startClock();
     }
 
     changed() {
-      const frame = this.frame();
-      const original = this.presented.get($("original"));
-      const dub = this.presented.get(this.master);
-      $("frame-readout").textContent = `frame ${frame + 1} / ${this.frameCount}` +
-        (dub !== undefined && original !== undefined ? ` · shown: dub ${dub + 1}, original ${original + 1}` : "");
+      const frame = this.shown === null ? this.frame() : this.shown;
+      $("frame-readout").textContent = `frame ${frame + 1} / ${this.frameCount}`;
       $("scrub").value = frame;
       $("play").textContent = this.playing ? "Pause" : "Play";
-      showSubtitle(this.master.currentTime);
+      showSubtitle((frame + 0.5) / this.fps);
       drawLevels(frame);
     }
 
@@ -230,17 +277,25 @@
       this.closed = true;
       this.playing = false;
       for (const remove of this.listeners) remove();
-      for (const node of this.media) node.pause();
+      if (this.clock) this.clock.pause();
     }
   }
 
-  function seekTo(node, time) {
-    // Resolves once `node` has finished seeking to `time` (at once when it has no source).
-    if (!node.src) return Promise.resolve();
-    return new Promise((resolve) => {
-      node.addEventListener("seeked", resolve, { once: true });
-      node.currentTime = time;
-    });
+  function draw(canvas, video) {
+    if (canvas.width !== video.videoWidth || canvas.height !== video.videoHeight) {
+      canvas.width = video.videoWidth;
+      canvas.height = video.videoHeight;
+    }
+    canvas.getContext("2d").drawImage(video, 0, 0, canvas.width, canvas.height);
+  }
+
+  function nextVideoFrame(video) {
+    // Resolves with the metadata of the next frame `video` presents.
+    return new Promise((resolve) => video.requestVideoFrameCallback((now, metadata) => resolve(metadata)));
+  }
+
+  function once(node, type) {
+    return new Promise((resolve) => node.addEventListener(type, resolve, { once: true }));
   }
 
   // ---- pair view ------------------------------------------------------------------------------
@@ -254,15 +309,15 @@
     $("pair-script").textContent = pair.script;
     $("original").src = pair.original;
     $("dub").src = pair.dub;
-    for (const name of ["new_dialogue", "generated_dialogue", "me"]) {
-      const node = $(`audio-${name}`);
-      if (pair.audio[name]) node.src = pair.audio[name]; else node.removeAttribute("src");
-      $("listen").querySelector(`option[value=${name}]`).hidden = !pair.audio[name];
+    for (const option of $("listen").options) {
+      const node = $(`audio-${option.value}`);
+      if (pair.audio[option.value]) node.src = pair.audio[option.value]; else node.removeAttribute("src");
+      option.hidden = !pair.audio[option.value];
     }
     $("scrub").max = pair.frame_count - 1;
     player = new SyncPlayer(pair);
-    const choice = $("listen").value;
-    player.listen(pair.audio[choice] || choice.endsWith("_mix") ? choice : "new_mix");
+    if (!pair.audio[$("listen").value]) $("listen").value = "new_mix";
+    player.listen($("listen").value);
     player.seekFrame(0);
     renderVerdict();
     renderHistory();
@@ -400,6 +455,7 @@
     $("step-forward").addEventListener("click", () => player.step(1));
     $("scrub").addEventListener("input", () => { if (player.playing) player.pause(); player.seekFrame(Number($("scrub").value)); });
     $("listen").addEventListener("change", () => player.listen($("listen").value));
+    $("loop").addEventListener("change", () => player.setLoop($("loop").checked));
     $("approve").addEventListener("click", () => setVerdict("approved"));
     $("reject").addEventListener("click", () => setVerdict("rejected"));
     $("note").addEventListener("input", updateNote);
