@@ -47,6 +47,26 @@ def samples_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_samples_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample shots at a quarter of their width and height (even sizes), everything else theirs:
+    ids, rates, frame counts, layouts, lines. For flow tests whose checks do not depend on the
+    picture's size: every take, mux and QC decode then handles a sixteenth of the pixels."""
+    from dataclasses import replace
+
+    from dubflow.manifests.samples import SAMPLE_SHOTS, generate_samples
+
+    shots = tuple(replace(shot, width=_quarter_even(shot.width), height=_quarter_even(shot.height))
+                  for shot in SAMPLE_SHOTS)
+    directory = tmp_path_factory.mktemp("small_samples")
+    generate_samples(directory, shots)
+    return directory
+
+
+def _quarter_even(pixels: int) -> int:
+    return 2 * round(pixels / 8)
+
+
+@pytest.fixture(scope="session")
 def prefect_server():
     """One Prefect test server for every flow test of the session (started on first use)."""
     from prefect.testing.utilities import prefect_test_harness

@@ -368,13 +368,33 @@ def first_frame_time(path: Path, selector: str) -> Fraction:
 
 def decode_audio(path: Path, stream: int = 0, rate: int = RATE) -> np.ndarray:
     """(channels, samples) float32 of one audio stream decoded by ffmpeg at `rate` (resampled by
-    ffmpeg if the stream is at another rate), from the stream's first sample."""
-    channels = probe_sounds(path)[stream].channels
+    ffmpeg if the stream is at another rate), from the stream's first sample.
+
+    ffmpeg writes a float WAV to the pipe: its header carries the channel count, so one ffmpeg
+    process does what a probe and a decode did (the samples are the same)."""
     result = subprocess.run(
         ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-i", str(path), "-map", f"0:a:{stream}",
-         "-ar", str(rate), "-f", "f32le", "-c:a", "pcm_f32le", "-"],
+         "-ar", str(rate), "-f", "wav", "-c:a", "pcm_f32le", "-"],
         check=True, capture_output=True)
-    return np.frombuffer(result.stdout, dtype="<f4").reshape(-1, channels).T
+    channels, data = wav_channels_and_samples(result.stdout)
+    return np.frombuffer(data, dtype="<f4").reshape(-1, channels).T
+
+
+def wav_channels_and_samples(wav: bytes) -> tuple[int, bytes]:
+    """The channel count (`fmt ` chunk) and the sample bytes of a WAV ffmpeg wrote to a pipe. On a
+    pipe ffmpeg cannot go back to fill in the data chunk's size: the samples run to the end."""
+    if wav[:4] != b"RIFF" or wav[8:12] != b"WAVE":
+        raise ValueError("not a WAV from ffmpeg")
+    position, channels = 12, 0
+    while position + 8 <= len(wav):
+        chunk, size = wav[position:position + 4], int.from_bytes(wav[position + 4:position + 8], "little")
+        body = position + 8
+        if chunk == b"fmt ":
+            channels = int.from_bytes(wav[body + 2:body + 4], "little")
+        elif chunk == b"data":
+            return channels, wav[body:]
+        position = body + size + size % 2  # chunks are padded to an even length
+    raise ValueError("ffmpeg's WAV has no data chunk")
 
 
 def find_marker(audio: np.ndarray, rate: int = RATE) -> float:

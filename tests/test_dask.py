@@ -48,10 +48,12 @@ def two_gpu_cluster():
 
 
 @pytest.fixture(scope="module")
-def four_pairs(samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    table = pd.read_csv(samples_dir / "manifest.csv", dtype=str, keep_default_na=False)
+def four_pairs(small_samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A stereo and a 5.1 sample shot, two languages each, at a small size (what is checked here is
+    scheduling and equality with the thread runner, which the picture's size does not change)."""
+    table = pd.read_csv(small_samples_dir / "manifest.csv", dtype=str, keep_default_na=False)
     table = table[table.shot_id.isin(["sc01_sh010", "sc02_sh010"]) & table.language.isin(["fr", "de"])].copy()
-    table["source"] = [str(samples_dir / s) for s in table.source]
+    table["source"] = [str(small_samples_dir / s) for s in table.source]
     path = tmp_path_factory.mktemp("dask") / "manifest.csv"
     table.to_csv(path, index=False)
     return path

@@ -125,13 +125,13 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
 
 
 @pytest.fixture(scope="module")
-def one_pair_manifest(samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def one_pair_manifest(small_samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One sample shot with one language, its source as an absolute path (the worker's flow run
     does not start in the samples folder)."""
-    with (samples_dir / "manifest.csv").open(newline="", encoding="utf-8") as f:
+    with (small_samples_dir / "manifest.csv").open(newline="", encoding="utf-8") as f:
         rows = [r for r in csv.DictReader(f) if r["shot_id"] == SHOT and r["language"] == LANGUAGE]
     assert len(rows) == 1, "the sample manifest changed: pick another shot/language here"
-    rows[0]["source"] = str((samples_dir / rows[0]["source"]).resolve())
+    rows[0]["source"] = str((small_samples_dir / rows[0]["source"]).resolve())
     path = tmp_path_factory.mktemp("deploy-manifest") / "manifest.csv"
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

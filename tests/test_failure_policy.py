@@ -20,10 +20,10 @@ from dubflow.tasks import remix as remix_stage
 
 
 @pytest.fixture(scope="module")
-def three_language_manifest(samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    table = pd.read_csv(samples_dir / "manifest.csv", dtype=str, keep_default_na=False)
+def three_language_manifest(small_samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    table = pd.read_csv(small_samples_dir / "manifest.csv", dtype=str, keep_default_na=False)
     table = table[table.shot_id == "sc01_sh010"].copy()  # fr, de, pt-BR
-    table["source"] = [str(samples_dir / s) for s in table.source]
+    table["source"] = [str(small_samples_dir / s) for s in table.source]
     path = tmp_path_factory.mktemp("failures") / "manifest.csv"
     table.to_csv(path, index=False)
     return path
