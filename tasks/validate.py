@@ -137,7 +137,7 @@ def validate_manifest(
                 continue
             found.append((row, source, None, str(source)))
 
-    for (row, source, digest, origin), media in zip(found, probe_sources([source for _, source, _, _ in found])):
+    for (row, source, digest, origin), media in zip(found, _probe_sources([source for _, source, _, _ in found])):
         if isinstance(media, MediaError):
             # Name the picture as the manifest does, not by its copy in the source cache.
             problems.append(Problem(row.row, "source", f"unreadable media: {str(media).replace(str(source), origin)}",
@@ -182,7 +182,7 @@ _PROBED: FileMemo[MediaInfo] = FileMemo()
 _HASHED: FileMemo[str] = FileMemo()
 
 
-def probe_sources(paths: Sequence[Path]) -> list[MediaInfo | MediaError]:
+def _probe_sources(paths: Sequence[Path]) -> list[MediaInfo | MediaError]:
     """`probe_many` for the pictures not probed before in this process as they are now; every picture
     not yet known decoded through in one go, shared out over child processes (one per CPU)."""
     stamps = [_stamp(path) for path in paths]
