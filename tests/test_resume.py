@@ -180,7 +180,7 @@ def test_a_script_edit_recomputes_only_its_pair(first_run, samples_dir: Path, tm
     summary = localize(edited, out, run_id="edited")
     per_pair = {"lipdub": 1, "remix": 1, "mux": 1, "subtitles": 1, "qc": 1}
     assert summary.cache.computed == per_pair
-    assert summary.cache.reused == {"separate": 1, **per_pair}
+    assert summary.cache.reused == {"conform": 1, "separate": 1, **per_pair}
 
     before, after = _deliverables(out / "first"), _deliverables(out / "edited")
     assert set(before) == set(after)
