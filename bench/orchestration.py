@@ -37,7 +37,7 @@ Per repeat, four child processes (five with --threaded-plain; each a fresh Pytho
 3. plain, fresh: this script with `--child-plain` and no Prefect API: the same wiring as
    `flows/localize.py` — parse the loudness profile, `open_destination`, `validate_manifest`,
    `resolve_profile`, `separator_spec`, `lipdub_identity`/`separator_identity`, then shot by shot the
-   shot's `separate_shot` and, per pair, `lipdub_pair`, `remix_pair`, `mux_pair`, `subtitle_pair`,
+   shot's `conform_shot` and `separate_shot` and, per pair, `lipdub_pair`, `remix_pair`, `mux_pair`, `subtitle_pair`,
    `qc_deliverables`, each through `StageCache.result` with the flow's keys exactly as the tasks call
    them, one after another in one thread, then the delivery files as `collect` lists them and
    `publish` (plain function) with `run_info`. Each phase and each stage call is timed.
@@ -90,7 +90,7 @@ from plan_10k import Watcher, api_post, clean_env, machine_info, start_server, s
 STAGE_NAME = re.compile(r"^[a-z]+")
 FLOW_LAST_LINE = re.compile(r"dubflow: (\d+) of (\d+) pairs delivered, (\d+) failed; ([0-9.]+) \S+-seconds held by "
                             r"model stages; wall ([0-9.]+) s")
-STAGE_ORDER = ("separate", "lipdub", "remix", "mux", "subtitles", "qc", "publish")
+STAGE_ORDER = ("conform", "separate", "lipdub", "remix", "mux", "subtitles", "qc", "publish")
 
 
 # --------------------------------------------------------------------------- the plain route (child process)
@@ -108,6 +108,7 @@ def plain_run(manifest: Path, out: Path, run_id: str, threaded: bool, profile_na
     from dubflow.flows.localize import run_info, runner_threads
     from dubflow.models.profiles import cache_dir, resolve_profile
     from dubflow.media.audio import parse_loudness_profile
+    from dubflow.tasks.conform import ConformedShot, conform_key, conform_shot
     from dubflow.tasks.lipdub import DubbedTake, lipdub_identity, lipdub_key, lipdub_pair
     from dubflow.tasks.mux import mux_key, mux_pair
     from dubflow.tasks.publish import DeliveryFile, PairOutcome, check_run_id, open_destination, publish
@@ -159,21 +160,27 @@ def plain_run(manifest: Path, out: Path, run_id: str, threaded: bool, profile_na
     for row in validated.rows:
         rows_by_shot.setdefault(row.shot_id, []).append(row)
     rows = [row for shot_rows in rows_by_shot.values() for row in shot_rows]
+    conformed_by_shot: dict = {}
     separated_by_shot: dict = {}
     separate_keys: dict = {}
     takes: list[tuple[Future, str]] = []
 
-    def submit_take(row) -> None:  # the flow's `submit_take`: the shot's separation, then the pair's take
+    def submit_take(row) -> None:  # the flow's `submit_take`: the shot's conform and separation, then the pair's take
         shot, shot_rows = validated.shots[row.shot_id], rows_by_shot[row.shot_id]
         if row.shot_id not in separated_by_shot:
+            conformed_by_shot[row.shot_id] = submit(
+                "conform", f"conform {shot.shot_id}", conform_key(shot), ConformedShot,
+                lambda out_dir, shot=shot: conform_shot(shot, out_dir))
             separate_keys[row.shot_id] = separate_key(shot, separator_params)
             separated_by_shot[row.shot_id] = submit(
                 "separate", f"separate {shot.shot_id}", separate_keys[row.shot_id], SeparatedShot,
-                lambda out_dir, shot=shot: separate_shot(shot, separator, out_dir))
+                lambda conformed_, out_dir, shot=shot: separate_shot(shot, conformed_, separator, out_dir),
+                conformed_by_shot[row.shot_id])
         k_lipdub = lipdub_key(shot, row, profile, model_identity)
         takes.append((submit("lipdub", f"lipdub {row.shot_id} {row.language}", k_lipdub, DubbedTake,
-                             lambda out_dir, shot=shot, row=row, shot_rows=shot_rows:
-                             lipdub_pair(shot, row, shot_rows, profile, out_dir, take_timeout_s)), k_lipdub))
+                             lambda conformed_, out_dir, shot=shot, row=row, shot_rows=shot_rows:
+                             lipdub_pair(shot, conformed_, row, shot_rows, profile, out_dir, take_timeout_s),
+                             conformed_by_shot[row.shot_id]), k_lipdub))
 
     chains = []
     submit_take(rows[0])
@@ -198,9 +205,9 @@ def plain_run(manifest: Path, out: Path, run_id: str, threaded: bool, profile_na
                            lambda remixed_, out_dir, shot=shot, row=row: subtitle_pair(row, remixed_, shot, out_dir),
                            remixed)
         qc = submit("qc", f"qc {pair}", k_qc, QCResult,
-                    lambda separated_, remixed_, review_, subtitles_, out_dir, shot=shot:
-                    qc_deliverables(shot, separated_, remixed_, review_, subtitles_, None, False, out_dir),
-                    separated, remixed, review, subtitles)
+                    lambda conformed_, separated_, remixed_, review_, subtitles_, out_dir, shot=shot:
+                    qc_deliverables(shot, conformed_, separated_, remixed_, review_, subtitles_, None, False, out_dir),
+                    conformed_by_shot[row.shot_id], separated, remixed, review, subtitles)
         chains.append((row, separated, take, remixed, review, subtitles, qc))
     marks["submitted"] = time.time()
 

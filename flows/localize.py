@@ -1,5 +1,6 @@
-"""The localization DAG: validate → per shot (separate) → per (shot, language) (lipdub → remix → mux
-[→ mezzanine] → subtitles → qc) → publish. Wiring and failure policy only; every stage's work is in
+"""The localization DAG: validate → per shot (conform → separate) → per (shot, language) (lipdub → remix
+→ mux [→ mezzanine] → subtitles → qc) → publish; a shot's conformed soundtrack feeds its separation
+and each of its pairs' LipDub and QC. Wiring and failure policy only; every stage's work is in
 `tasks/`, what the run reports in `flows/report.py`.
 
 Where tasks run: a thread pool in this process by default, whose model stages share this machine's
@@ -37,6 +38,7 @@ from dubflow.models.profiles import ModelProfile, ProfileError, cache_dir, resol
 from dubflow.models.separator import SeparatorSpec
 from dubflow.media.audio import LoudnessProfile, LoudnessProfileError, parse_loudness_profile
 from dubflow.media.files import sha256_file
+from dubflow.tasks.conform import conform_key, conform_shot_task
 from dubflow.tasks.lipdub import lipdub_identity, lipdub_key, lipdub_pair_task
 from dubflow.tasks.mux import mezzanine_pair_task, mux_key, mux_pair_task
 from dubflow.tasks.destination import InvalidDestinationError, check_run_id, open_destination
@@ -216,23 +218,25 @@ def localize(
         for row in validated.rows:
             rows_by_shot.setdefault(row.shot_id, []).append(row)
         rows = [row for shot_rows in rows_by_shot.values() for row in shot_rows]
-        separate_keys: dict[str, str] = {}
+        shot_keys: dict[str, dict[str, str]] = {}
+        conformed: dict[str, PrefectFuture] = {}
         separated: dict[str, PrefectFuture] = {}
         takes: list[tuple[PrefectFuture, dict[str, str]]] = []
 
         def submit_take(row: ManifestRow) -> None:
-            """The shot's separation (on its first pair) and the pair's LipDub take, with their keys."""
+            """The shot's conform and separation (on its first pair) and the pair's LipDub take, with their keys."""
             shot = validated.shots[row.shot_id]
             if row.shot_id not in separated:
-                separate_keys[row.shot_id] = separate_key(shot, separator_params)
+                shot_keys[row.shot_id] = {"conform": conform_key(shot),
+                                          "separate": separate_key(shot, separator_params)}
+                conformed[row.shot_id] = conform_shot_task.submit(shot, cache, shot_keys[row.shot_id]["conform"])
                 with gpu_stage(separating_on_gpu):
-                    separated[row.shot_id] = separate_shot_task.submit(shot, separator, cache,
-                                                                       separate_keys[row.shot_id])
-            keys = {"separate": separate_keys[row.shot_id],
-                    "lipdub": lipdub_key(shot, row, model_profile, model_identity)}
+                    separated[row.shot_id] = separate_shot_task.submit(shot, conformed[row.shot_id], separator, cache,
+                                                                       shot_keys[row.shot_id]["separate"])
+            keys = {**shot_keys[row.shot_id], "lipdub": lipdub_key(shot, row, model_profile, model_identity)}
             with gpu_stage():
-                take = lipdub_pair_task.submit(shot, row, rows_by_shot[row.shot_id], model_profile, cache,
-                                               keys["lipdub"], take_timeout_s)
+                take = lipdub_pair_task.submit(shot, conformed[row.shot_id], row, rows_by_shot[row.shot_id],
+                                               model_profile, cache, keys["lipdub"], take_timeout_s)
             takes.append((take, keys))
 
         chains = []
@@ -258,14 +262,14 @@ def localize(
             with gpu_stage(separating_on_gpu):
                 remixed = remix_pair_task.submit(take, separated[row.shot_id], shot, separator, loudness_profile,
                                                  cache, keys["remix"], supplied)
-            stages = {"separate": separated[row.shot_id], "lipdub": take, "remix": remixed,
-                      "mux": mux_pair_task.submit(take, remixed, shot, cache, keys["mux"])}
+            stages = {"conform": conformed[row.shot_id], "separate": separated[row.shot_id], "lipdub": take,
+                      "remix": remixed, "mux": mux_pair_task.submit(take, remixed, shot, cache, keys["mux"])}
             if prores:
                 stages["mezzanine"] = mezzanine_pair_task.submit(take, remixed, shot, cache, keys["mezzanine"])
             stages["subtitles"] = subtitle_pair_task.submit(row, remixed, shot, cache, keys["subtitles"])
-            stages["qc"] = qc_pair_task.submit(shot, separated[row.shot_id], remixed, stages["mux"],
-                                               stages["subtitles"], stages.get("mezzanine"), allow_qc_warnings, cache,
-                                               keys["qc"], model_profile.notice)
+            stages["qc"] = qc_pair_task.submit(shot, conformed[row.shot_id], separated[row.shot_id], remixed,
+                                               stages["mux"], stages["subtitles"], stages.get("mezzanine"),
+                                               allow_qc_warnings, cache, keys["qc"], model_profile.notice)
             chains.append(PairChain(row, stages, keys))
         submitted = len({id(future) for chain in chains for future in chain.stages.values()})
         print(f"submitted {submitted} stage tasks for {len(chains)} pairs in {time.monotonic() - submitting:.1f} s")
@@ -324,7 +328,7 @@ def collect(chains: list[PairChain]) -> tuple[list[PairOutcome], list[DeliveryFi
         pair_seconds = sum(
             seconds.get(future.task_run_id, 0.0)
             for name, future in chain.stages.items()
-            if name != "separate"  # shared by the shot's languages: not one pair's time
+            if name not in ("conform", "separate")  # shared by the shot's languages: not one pair's time
         )
         reason = next(
             (f"{name}: {future.result(raise_on_failure=False)}" for name, future in chain.stages.items()

@@ -4,7 +4,8 @@ The picture's first displayed frame is time zero. Each stream of the production 
 to 48 kHz (if it is not already) and placed by its own presentation time: sound that starts after
 the first frame gets silence before it, sound that starts before it (a stream start time, an edit
 list) loses its head; then the end is trimmed or padded with silence to exactly
-round(frames / rate × 48000) samples. Every later stage works on arrays of that length.
+round(frames / rate × 48000) samples. Every later stage works on arrays of that length. Encoder
+priming the container declares is discarded by the decoder before any of this (and said in the notes).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import numpy as np
 
 from dubflow.media.audio import delivery_length, fit_length, picture_samples, resample_to_delivery
 from dubflow.media.io import DELIVERY_SAMPLE_RATE, AudioStreamInfo, AudioTrack, MediaError, MediaInfo, read_audio
+
+_CODEC_NAMES = {"aac": "AAC", "opus": "Opus", "mp3": "MP3"}  # as people write them, for the notes
 
 
 def conform_soundtrack(media: MediaInfo) -> AudioTrack:
@@ -40,6 +43,10 @@ def conform_notes(media: MediaInfo) -> tuple[str, ...]:
     for index in media.soundtrack:
         stream = media.audio[index]
         name = stream.describe()
+        if stream.priming:
+            codec = _CODEC_NAMES.get(stream.codec, stream.codec)
+            notes.append(f"{name}: {codec} priming {stream.priming} samples discarded by the decoder, as the "
+                         "container declares (the sound is placed from its first real sample)")
         if stream.sample_rate != DELIVERY_SAMPLE_RATE:
             notes.append(f"{name} resampled from {stream.sample_rate} Hz to {DELIVERY_SAMPLE_RATE} Hz")
         head = _head_samples(stream, media.start)

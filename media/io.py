@@ -70,6 +70,9 @@ class AudioStreamInfo:
     start: Fraction  # presentation time of the first decoded sample (after priming is skipped), seconds
     samples: int  # decoded samples per channel
     title: str = ""  # the stream's title or handler name, to name it in reports
+    # Encoder priming the container declares (an MP4 edit list's AAC priming, Opus pre-skip), in samples
+    # at the stream's rate: the decoder discards them, so they are in neither `start` nor `samples`.
+    priming: int = 0
 
     @property
     def duration(self) -> Fraction:
@@ -373,20 +376,32 @@ def _probe_audio(path: Path, index: int) -> AudioStreamInfo:
         stream = container.streams.audio[index]
         layout = stream.layout
         _KEPT_LAYOUTS.append(layout)  # freed by no one before the child exits (see the module doc)
-        start, samples = None, 0
+        start, samples, priming = None, 0, None
         try:
-            for frame in () if _custom_order(layout.name) else container.decode(stream):
-                if start is None and frame.pts is not None:
-                    start = Fraction(frame.pts) * frame.time_base - Fraction(samples, frame.sample_rate)
-                samples += frame.samples
+            for packet in () if _custom_order(layout.name) else container.demux(stream):
+                if priming is None and packet.size:
+                    priming = _skip_samples(packet)
+                for frame in packet.decode():
+                    if start is None and frame.pts is not None:
+                        start = Fraction(frame.pts) * frame.time_base - Fraction(samples, frame.sample_rate)
+                    samples += frame.samples
         except av.error.FFmpegError as exc:
             raise MediaError(f"{path}: audio stream #{index} is corrupt after {samples} samples ({exc})") from exc
         metadata = stream.metadata
         return AudioStreamInfo(
             index=index, codec=stream.codec_context.name, sample_rate=stream.rate, channels=layout.nb_channels,
             layout=layout.name, start=start if start is not None else Fraction(0), samples=samples,
-            title=metadata.get("title") or metadata.get("handler_name", ""),
+            title=metadata.get("title") or metadata.get("handler_name", ""), priming=priming or 0,
         )
+
+
+def _skip_samples(packet: av.Packet) -> int:
+    """The samples a packet tells the decoder to discard from its head: FFmpeg's skip-samples side data
+    (AV_PKT_DATA_SKIP_SAMPLES, a little-endian uint32 first), which a demuxer puts on a stream's first
+    packet from what the container declares (an MP4 edit list's media time, Matroska's codec delay, an
+    Ogg Opus header's pre-skip)."""
+    side = bytes(packet.get_sidedata("skip_samples"))
+    return int.from_bytes(side[:4], "little") if len(side) >= 4 else 0
 
 
 _KEPT_LAYOUTS: list[av.AudioLayout] = []
@@ -516,11 +531,12 @@ def quantize_pcm24(samples: np.ndarray) -> np.ndarray:
     return np.clip(scaled, -PCM24_MAX, PCM24_MAX - 1).astype(np.int32)
 
 
-def write_wav(path: Path, track: AudioTrack) -> Path:
-    """Write a 24-bit PCM WAV at the track's rate and layout (delivery files are 48 kHz)."""
+def write_wav(path: Path, track: AudioTrack, codec: Literal["pcm_s24le", "pcm_f32le"] = "pcm_s24le") -> Path:
+    """Write a WAV at the track's rate and layout: 24-bit PCM (every delivery file, 48 kHz), or 32-bit
+    float, which keeps float32 samples exactly (values past full scale included)."""
     path = Path(path)
     with av.open(str(path), "w", format="wav") as container:
-        stream = container.add_stream("pcm_s24le", rate=track.sample_rate, layout=track.layout)
+        stream = container.add_stream(codec, rate=track.sample_rate, layout=track.layout)
         encode_audio(container, stream, track)
     return path
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from dubflow.media.files import atomic_write_bytes, sha256_file
+from dubflow.media.files import FileMemo, atomic_write_bytes, sha256_file
 
 from dubflow.models.ltx_files import BASE_REPO, DUBIT_LORA_FILE, LORA_FILES, LORA_REPO, lora_file
 
@@ -262,25 +262,15 @@ def weights_identity(
     Full-content hashes, not safetensors headers plus sizes: a header holds names, dtypes, shapes and
     offsets, which a new release of the same architecture (LTX-2.3 distilled 1.0 and 1.1) leaves
     identical, so a header key would keep serving takes of the old weights. Hashing ~70 GB costs about
-    a minute, so each file's hash is kept in ``memo`` (JSON) under its path, size, mtime and inode and
-    recomputed only when one of those changes: a replaced or re-downloaded file is hashed again, an
-    unchanged one costs a ``stat``. (A different file copied in with the same size, mtime and inode is
-    the case this cannot see.)
+    a minute, so each file's hash is kept in ``memo`` (JSON, a ``FileMemo``) under its path, size, mtime
+    and inode and recomputed only when one of those changes: a replaced or re-downloaded file is hashed
+    again, an unchanged one costs a ``stat``.
     """
     memo = Path(memo)
-    known: dict[str, list] = json.loads(memo.read_text()) if memo.is_file() else {}
-    changed = False
+    hashes: FileMemo[str] = FileMemo(json.loads(memo.read_text()) if memo.is_file() else {})
 
     def digest(path: Path) -> str:
-        nonlocal changed
-        info = path.stat()
-        stamp = [info.st_size, info.st_mtime_ns, info.st_ino]
-        entry = known.get(str(path.resolve()))
-        if entry is None or entry[:3] != stamp:
-            entry = [*stamp, sha256_file(path)]
-            known[str(path.resolve())] = entry
-            changed = True
-        return entry[3]
+        return hashes.get(path, sha256_file)
 
     weights_dir = Path(weights_dir)
     files = sorted(
@@ -295,8 +285,8 @@ def weights_identity(
         "upsampler": digest(Path(upsampler)) if upsampler is not None else None,
         "lora": digest(Path(lora_path)),
     }
-    if changed:
-        atomic_write_bytes(memo, json.dumps(known, indent=0, sort_keys=True).encode())
+    if hashes.changed:
+        atomic_write_bytes(memo, json.dumps(hashes.entries, indent=0, sort_keys=True).encode())
     return identity
 
 

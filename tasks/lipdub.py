@@ -19,9 +19,8 @@ from dubflow.models.lipdub import LipDubOutput, SourceShot, build_prompt
 from dubflow.models.ltx2_architectures import LTX_2_3
 from dubflow.models.profiles import RANDOM_WEIGHTS_SEED, ModelProfile, cache_dir, load_lipdub
 from dubflow.models.weights import weights_identity
-from dubflow.media.conform import conform_soundtrack
 from dubflow.media.io import AudioTrack, MediaError, audio_layout_name, read_frames, write_video, write_wav
-from dubflow.tasks.separate import require_audio_track
+from dubflow.tasks.conform import ConformedShot, conform_key
 from dubflow.tasks.retries import LIPDUB_TIMEOUT_ENV, STAGE_RETRIES
 from dubflow.tasks.stage_cache import StageCache, stage_key
 from dubflow.tasks.validate import Shot
@@ -84,7 +83,7 @@ def lipdub_key(shot: Shot, row: ManifestRow, profile: ModelProfile, model_identi
     """`model_identity`: `lipdub_identity(profile)`, computed once per run (it hashes the weights)."""
     return stage_key(
         # The shot id too: it is in the result and in every downstream file name.
-        "lipdub", LIPDUB_VERSION, shot_id=shot.shot_id, picture=shot.sha256,
+        "lipdub", LIPDUB_VERSION, shot_id=shot.shot_id, picture=shot.sha256, conform=conform_key(shot),
         script=row.script, speaker=row.speaker, language=row.language, seed=pair_seed(shot, row.language, row.take),
         model=model_identity,
         # How the model runs changes its numbers: device (and with it the dtype), kernels, height cap.
@@ -98,17 +97,18 @@ class LipDubTimeoutError(TimeoutError):
 
 def lipdub_pair(
     shot: Shot,
+    conformed: ConformedShot,
     row: ManifestRow,
     shot_rows: list[ManifestRow],
     profile: ModelProfile,
     out_dir: Path,
     timeout_s: float | None = None,
 ) -> DubbedTake:
-    """``shot_rows`` are all of the shot's rows: their prompts are text-encoded in one batch, once.
+    """``conformed``: the shot's soundtrack, whose voice is the reference. ``shot_rows`` are all of the
+    shot's rows: their prompts are text-encoded in one batch, once.
     ``timeout_s`` bounds the model's work on the leased device (not the wait for the lease, nor the
     model's first load): past it the take is interrupted and the device given back."""
-    require_audio_track(shot)
-    soundtrack = conform_soundtrack(shot.media)
+    soundtrack = conformed.read()
     source = SourceShot(read_frames(shot.source, shot.media.rotation), shot.media.fps,
                         voice_reference(soundtrack.samples, soundtrack.layout), soundtrack.sample_rate)
     prompt, seed = row_prompt(row), pair_seed(shot, row.language, row.take)
@@ -154,8 +154,8 @@ def lipdub_pair(
 @task(name="lipdub", cache_policy=NO_CACHE, task_run_name="lipdub {row.shot_id} {row.language}",
       **STAGE_RETRIES)
 def lipdub_pair_task(
-    shot: Shot, row: ManifestRow, shot_rows: list[ManifestRow], profile: ModelProfile, cache: StageCache, key: str,
-    timeout_s: float,
+    shot: Shot, conformed: ConformedShot, row: ManifestRow, shot_rows: list[ManifestRow], profile: ModelProfile,
+    cache: StageCache, key: str, timeout_s: float,
 ) -> DubbedTake:
     return cache.result("lipdub", key, DubbedTake,
-                        lambda out_dir: lipdub_pair(shot, row, shot_rows, profile, out_dir, timeout_s))
+                        lambda out_dir: lipdub_pair(shot, conformed, row, shot_rows, profile, out_dir, timeout_s))

@@ -7,8 +7,8 @@ says what was found, not only that it failed:
   size (upright), SAR and colour tags; audio as long as the picture (±1 ms); A/V offset 0 ± 1 ms,
   measured by cross-correlating the file's audio, placed on the picture's timeline, with the mix
   WAV; the mezzanine is ProRes 422 HQ + 24-bit PCM
-- sync: the delivered M&E and mix cross-correlated with the source soundtrack on the picture's
-  timeline (placed by its timestamps, as the conform places it): where the sound lands, ± 1 ms
+- sync: the delivered M&E and mix cross-correlated with the shot's conformed soundtrack (the source
+  placed on the picture's timeline by its timestamps): where the sound lands, ± 1 ms
 - mix, new DX and M&E WAVs: 48 kHz, 24-bit, the source's channel count, picture duration ±1 ms,
   no digital clipping
 - loudness within the profile's tolerance (as the profile measures it) and true peak (4×
@@ -47,8 +47,8 @@ from dubflow.media.audio import (
     true_peak_dbtp,
 )
 from dubflow.media.files import atomic_write_bytes
-from dubflow.media.conform import conform_notes, conform_soundtrack
 from dubflow.media.io import DELIVERY_SAMPLE_RATE, PCM24_MAX, Colour, MediaInfo, probe, read_audio
+from dubflow.tasks.conform import ConformedShot
 from dubflow.tasks.remix import RemixedPair
 from dubflow.tasks.separate import SeparatedShot
 from dubflow.tasks.retries import STAGE_RETRIES
@@ -88,6 +88,7 @@ class PairDeliverables:
     bed: Path  # the shot's shared M&E
     original_dialogue: Path  # the source's DX: with `bed` it must give back the source soundtrack
     subtitles: SubtitleFiles
+    source_soundtrack: ConformedShot  # where the sound must land, and what the conform changed (the notes)
     mezzanine: Path | None = None
     generated_dialogue: Path | None = None  # LipDub's own speech when `dialogue` is a supplied recording
 
@@ -403,7 +404,7 @@ def qc_pair(
         checks += check_mezzanine_format(files.mezzanine)
     for name, path in (("mix", files.mix), ("dialogue", files.dialogue), ("M&E", files.bed)):
         checks += check_wav(name, path, channels, duration)
-    soundtrack = conform_soundtrack(media).samples
+    soundtrack = files.source_soundtrack.read().samples
     checks += [check_sync("M&E", files.bed, soundtrack), check_sync("mix", files.mix, soundtrack)]
     mix, mix_rate = read_audio(files.mix)
     dialogue, dialogue_rate = read_audio(files.dialogue)
@@ -418,7 +419,7 @@ def qc_pair(
     original_dialogue, _ = read_audio(files.original_dialogue)
     checks.append(check_dialogue_ending(generated, original_dialogue, dialogue_rate))
     return QCReport(shot.shot_id, language, profile, tuple(checks), allow_warnings, dict(levels or {}), notice=notice,
-                    notes=media.notes() + conform_notes(media))
+                    notes=media.notes() + files.source_soundtrack.notes)
 
 
 @dataclass(frozen=True)
@@ -447,13 +448,15 @@ class QCFailedError(Exception):
 
 def qc_key(separate_key: str, remix_key: str, mux_key: str, subtitles_key: str, mezzanine_key: str | None,
            allow_warnings: bool, notice: str | None = None) -> str:
-    """The source picture and loudness profile come in through the separate and remix keys."""
+    """The source picture, its conformed soundtrack and the loudness profile come in through the separate
+    and remix keys."""
     return stage_key("qc", QC_VERSION, separate=separate_key, remix=remix_key, mux=mux_key, subtitles=subtitles_key,
                      mezzanine=mezzanine_key, allow_warnings=allow_warnings, notice=notice)
 
 
 def qc_deliverables(
     shot: Shot,
+    conformed: ConformedShot,
     separated: SeparatedShot,
     remixed: RemixedPair,
     review_copy: Path,
@@ -466,7 +469,7 @@ def qc_deliverables(
     """Write the QC report and summary into `out_dir`; fail the pair when a check fails, unless
     warnings are allowed (then the failures are recorded and the pair is delivered)."""
     files = PairDeliverables(review_copy, remixed.mix, remixed.dialogue, separated.bed, separated.dialogue,
-                             subtitles, mezzanine, remixed.generated_dialogue)
+                             subtitles, conformed, mezzanine, remixed.generated_dialogue)
     levels = {
         "original dialogue loudness (LUFS)": remixed.original_dialogue_lufs,
         "new dialogue gain (dB)": remixed.dialogue_gain_db,
@@ -483,6 +486,7 @@ def qc_deliverables(
       **STAGE_RETRIES)
 def qc_pair_task(
     shot: Shot,
+    conformed: ConformedShot,
     separated: SeparatedShot,
     remixed: RemixedPair,
     review_copy: Path,
@@ -496,4 +500,4 @@ def qc_pair_task(
     """A failed QC raises before anything is stored: the pair is checked again on the next run.
     `notice`: the model profile's (random weights), written into the report."""
     return cache.result("qc", key, QCResult, lambda out_dir: qc_deliverables(
-        shot, separated, remixed, review_copy, subtitles, mezzanine, allow_warnings, out_dir, notice))
+        shot, conformed, separated, remixed, review_copy, subtitles, mezzanine, allow_warnings, out_dir, notice))

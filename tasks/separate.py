@@ -11,15 +11,8 @@ from prefect.cache_policies import NO_CACHE
 
 from dubflow.models.profiles import ModelProfile, ProfileError
 from dubflow.models.separator import SeparatorSpec
-from dubflow.media.conform import conform_soundtrack
-from dubflow.media.io import (
-    DELIVERY_SAMPLE_RATE,
-    PCM24_MAX,
-    AudioTrack,
-    MediaError,
-    quantize_pcm24,
-    write_wav,
-)
+from dubflow.media.io import DELIVERY_SAMPLE_RATE, PCM24_MAX, AudioTrack, quantize_pcm24, write_wav
+from dubflow.tasks.conform import ConformedShot, conform_key
 from dubflow.tasks.retries import STAGE_RETRIES
 from dubflow.tasks.stage_cache import StageCache, stage_key
 from dubflow.tasks.validate import Shot
@@ -65,26 +58,14 @@ def separator_spec(
     )
 
 
-class NoAudioTrackError(MediaError):
-    """LipDub clones the speaker's voice from the shot's own audio, so a silent shot cannot be dubbed."""
-
-
 @dataclass(frozen=True)
 class SeparatedShot:
     shot_id: str
-    mix: Path  # the original soundtrack conformed to the picture (`conform_soundtrack`), 24-bit
+    mix: Path  # dialogue + bed: the conformed soundtrack (`ConformedShot`) on the 24-bit grid
     dialogue: Path  # original dialogue stem, source layout
     bed: Path  # mix − dialogue, source layout: the shared M&E
     layout: str
     dialogue_channels: tuple[int, ...]  # channels the dialogue was found in (e.g. (2,) = centre of 5.1)
-
-
-def require_audio_track(shot: Shot) -> None:
-    if not shot.media.audio:
-        raise NoAudioTrackError(
-            f"shot {shot.shot_id}: {shot.source} has no audio track; LipDub needs the shot's own dialogue "
-            "as the voice reference — re-export the locked picture with its production sound"
-        )
 
 
 def separator_identity(separator: SeparatorSpec) -> dict:
@@ -98,12 +79,11 @@ def separate_key(shot: Shot, separator_params: dict) -> str:
     """`separator_params`: the run's `separator_identity(...)`, computed once."""
     # The shot id too: it is in the result and its file names (a renamed shot is separated again).
     return stage_key("separate", SEPARATE_VERSION, shot_id=shot.shot_id, source=shot.sha256,
-                     separator=separator_params)
+                     conform=conform_key(shot), separator=separator_params)
 
 
-def separate_shot(shot: Shot, separator: SeparatorSpec, out_dir: Path) -> SeparatedShot:
-    require_audio_track(shot)
-    soundtrack = conform_soundtrack(shot.media)
+def separate_shot(shot: Shot, conformed: ConformedShot, separator: SeparatorSpec, out_dir: Path) -> SeparatedShot:
+    soundtrack = conformed.read()
     layout = soundtrack.layout
     with separator.leased() as model:
         stems = model.separate(soundtrack.samples, soundtrack.sample_rate, layout)
@@ -125,5 +105,7 @@ def separate_shot(shot: Shot, separator: SeparatorSpec, out_dir: Path) -> Separa
 
 @task(name="separate", cache_policy=NO_CACHE, task_run_name="separate {shot.shot_id}",
       **STAGE_RETRIES)
-def separate_shot_task(shot: Shot, separator: SeparatorSpec, cache: StageCache, key: str) -> SeparatedShot:
-    return cache.result("separate", key, SeparatedShot, lambda out_dir: separate_shot(shot, separator, out_dir))
+def separate_shot_task(shot: Shot, conformed: ConformedShot, separator: SeparatorSpec, cache: StageCache,
+                       key: str) -> SeparatedShot:
+    return cache.result("separate", key, SeparatedShot,
+                        lambda out_dir: separate_shot(shot, conformed, separator, out_dir))

@@ -57,7 +57,7 @@ T = TypeVar("T")
 RESULT_FILE = "result.json"
 CACHE_REMOTE_ENV = "DUBFLOW_CACHE_REMOTE"  # s3://bucket/prefix where stage results are shared
 # The order the run's computed/reused line names the stages in.
-STAGES = ("separate", "lipdub", "remix", "mux", "mezzanine", "subtitles", "qc")
+STAGES = ("conform", "separate", "lipdub", "remix", "mux", "mezzanine", "subtitles", "qc")
 
 
 class CacheRemoteError(Exception):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from dubflow.manifests.schema import (
     resolve_source,
 )
 from dubflow.manifests.speech_rate import MAX_NATURAL_RATE, line_length
-from dubflow.media.files import sha256_file
+from dubflow.media.files import FileMemo, FileStamp, sha256_file
 from dubflow.media.io import MediaError, MediaInfo, probe_many, read_audio
 from dubflow.tasks.storage import (
     S3UriError,
@@ -137,8 +137,7 @@ def validate_manifest(
                 continue
             found.append((row, source, None, str(source)))
 
-    # Every picture decoded through in one go, shared out over child processes (one per CPU).
-    for (row, source, digest, origin), media in zip(found, probe_many([source for _, source, _, _ in found])):
+    for (row, source, digest, origin), media in zip(found, _probe_sources([source for _, source, _, _ in found])):
         if isinstance(media, MediaError):
             # Name the picture as the manifest does, not by its copy in the source cache.
             problems.append(Problem(row.row, "source", f"unreadable media: {str(media).replace(str(source), origin)}",
@@ -149,7 +148,7 @@ def validate_manifest(
                                     "re-export the source as the message says, or drop its rows")
                             for problem in media.problems)
             continue
-        digest = digest or sha256_file(source)
+        digest = digest or _HASHED.get(source, sha256_file)
         lock = locks.get(row.shot_id)
         if lock and lock != digest:
             problems.append(
@@ -175,6 +174,35 @@ def validate_manifest(
     kept = tuple(row for row in rows if wanted is None or row.language in wanted)
     return Manifest(path=path, shots={sid: shots[sid] for sid in dict.fromkeys(r.shot_id for r in kept)}, rows=kept,
                     warnings=tuple(warnings))
+
+
+# Per process, by file version (`FileMemo`): `dubflow run` validates in its checks and again in the
+# flow, and the second validation finds every unchanged picture here instead of decoding and hashing it.
+_PROBED: FileMemo[MediaInfo] = FileMemo()
+_HASHED: FileMemo[str] = FileMemo()
+
+
+def _probe_sources(paths: Sequence[Path]) -> list[MediaInfo | MediaError]:
+    """`probe_many` for the pictures not probed before in this process as they are now; every picture
+    not yet known decoded through in one go, shared out over child processes (one per CPU)."""
+    stamps = [_stamp(path) for path in paths]
+    known = [_PROBED.known(path, stamp) if stamp else None for path, stamp in zip(paths, stamps)]
+    probed = iter(probe_many([path for path, media in zip(paths, known) if media is None]))
+    found: list[MediaInfo | MediaError] = []
+    for path, stamp, media in zip(paths, stamps, known):
+        if media is None:
+            media = next(probed)
+            if stamp and isinstance(media, MediaInfo):
+                _PROBED.keep(path, stamp, media)
+        found.append(replace(media, path=path) if isinstance(media, MediaInfo) else media)
+    return found
+
+
+def _stamp(path: Path) -> FileStamp | None:
+    try:
+        return FileStamp.of(path)
+    except OSError:
+        return None  # gone or unreadable: the probe says why
 
 
 def line_fit_problem(row: ManifestRow, shot: Shot) -> Problem | None:

@@ -358,6 +358,28 @@ def probe_sounds(path: Path) -> list[Sound]:
     return sounds
 
 
+def declared_priming(path: Path) -> list[int]:
+    """Encoder priming each audio stream declares, in samples, as ffprobe shows it: an Opus stream's
+    pre-skip from its header (RFC 7845: bytes 10-11 of OpusHead, little-endian, in ffprobe's hexdump
+    of the extradata), else the "Skip Samples" side data on the stream's first packet (what an MP4
+    edit list says of AAC priming); 0 where neither says any."""
+    streams = ffprobe_json(path, "-select_streams", "a", "-show_streams", "-show_data")["streams"]
+    priming = []
+    for index, stream in enumerate(streams):
+        if stream["codec_name"] == "opus":
+            # Each hexdump line: "00000010: 0000 00 ..." — offset, then 16 bytes in 40 columns, then text.
+            head = b"".join(bytes.fromhex(line[10:50].replace(" ", ""))
+                            for line in stream["extradata"].splitlines() if line.strip())
+            priming.append(int.from_bytes(head[10:12], "little"))
+            continue
+        (first,) = ffprobe_json(path, "-select_streams", f"a:{index}", "-show_packets", "-read_intervals",
+                                "%+#1")["packets"]
+        skips = [data["skip_samples"] for data in first.get("side_data_list", [])
+                 if data.get("side_data_type") == "Skip Samples"]
+        priming.append(int(skips[0]) if skips else 0)
+    return priming
+
+
 def first_frame_time(path: Path, selector: str) -> Fraction:
     """Presentation time of the first decoded frame of stream `selector` ("v:0", "a:0"), exact."""
     info = ffprobe_json(path, "-select_streams", selector, "-show_entries", "frame=best_effort_timestamp:stream=time_base", "-show_frames",

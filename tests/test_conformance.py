@@ -36,6 +36,7 @@ from media_corpus import (
     Case,
     Picture,
     Sound,
+    declared_priming,
     ebur128,
     ffmpeg,
     ffprobe_json,
@@ -117,16 +118,20 @@ def test_the_edit_list_case_hides_frames_the_file_holds(corpus) -> None:
 # -- validate ------------------------------------------------------------------------------------
 
 
-def test_validate_counts_frames_and_rates_as_ffprobe_does(corpus, tmp_path: Path) -> None:
+def test_validate_counts_frames_rates_and_priming_as_ffprobe_does(corpus, tmp_path: Path) -> None:
     from dubflow.tasks.validate import validate_manifest
 
     manifest = validate_manifest(write_manifest(tmp_path / "m.csv", {c.name: corpus[c.name] for c in DELIVERED}))
-    found = {name: (shot.media.frame_count, shot.media.fps) for name, shot in manifest.shots.items()}
+    found = {name: (shot.media.frame_count, shot.media.fps, [stream.priming for stream in shot.media.audio])
+             for name, shot in manifest.shots.items()}
     expected = {}
     for case in DELIVERED:
         picture = probe_picture(corpus[case.name])
-        expected[case.name] = (picture.frames, picture.rate)
+        expected[case.name] = (picture.frames, picture.rate, declared_priming(corpus[case.name]))
     assert found == expected
+    # the corpus holds priming of both kinds (AAC in MP4, Opus in WebM) and streams without any
+    primed = {name for name, (_, _, priming) in expected.items() if any(priming)}
+    assert {"mp4_h264_aac_stereo", "webm_vp9_opus_50_delayed"} <= primed < set(expected)
 
 
 @pytest.mark.parametrize("case", REFUSED, ids=lambda c: c.name)
@@ -250,11 +255,12 @@ def test_every_case_is_delivered_exactly(delivery, corpus, case: Case) -> None:
 
 
 REPORTED = {  # what the QC report must say about a case: what was conformed, dropped or left out, and why
+    "mp4_h264_aac_stereo": [r"AAC priming 1024 samples discarded by the decoder"],
     "mov_mix_and_me_tracks_audio_longer": [r"(?i)not used|ignored", r"(?i)trim"],
     "mov_h264_10bit_422_audio_shorter": [r"(?i)silence|pad"],
     "mov_pcm_delayed_edit_list": [r"(?i)after the first frame|delay|late"],
     "ts_h264_aac_delayed": [r"(?i)after the first frame|delay|late"],
-    "webm_vp9_opus_50_delayed": [r"(?i)after the first frame|delay|late"],
+    "webm_vp9_opus_50_delayed": [r"(?i)after the first frame|delay|late", r"Opus priming 312 samples discarded"],
     "mp4_aac_mono_delayed": [r"(?i)after the first frame|delay|late"],
     "mp4_aac_51_44k1": [r"44100|44\.1"],
     "mov_prores4444_alpha": [r"(?i)alpha"],
@@ -322,6 +328,7 @@ def test_the_remix_is_sample_exact_at_every_frame_count(counts, frames: int) -> 
 def good_pair(corpus, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The plain H.264/AAC case through the stage functions (smoke profile): a delivery that passes."""
     from dubflow.models.profiles import resolve_profile
+    from dubflow.tasks.conform import conform_shot
     from dubflow.tasks.lipdub import lipdub_pair
     from dubflow.tasks.mux import mux_pair
     from dubflow.tasks.qc import PairDeliverables
@@ -336,8 +343,9 @@ def good_pair(corpus, tmp_path_factory: pytest.TempPathFactory) -> dict:
     shot, row = manifest.shots[name], manifest.rows[0]
     profile = resolve_profile("smoke")
     separator = separator_spec(profile)
-    separated = separate_shot(shot, separator, work / "separate")
-    take = lipdub_pair(shot, row, [row], profile, work / "lipdub")
+    conformed = conform_shot(shot, work / "conform")
+    separated = separate_shot(shot, conformed, separator, work / "separate")
+    take = lipdub_pair(shot, conformed, row, [row], profile, work / "lipdub")
     remixed = remix_pair(take, separated, shot, work / "remix", separator)
     (work / "mux").mkdir()
     files = PairDeliverables(
@@ -347,6 +355,7 @@ def good_pair(corpus, tmp_path_factory: pytest.TempPathFactory) -> dict:
         bed=separated.bed,
         original_dialogue=separated.dialogue,
         subtitles=subtitle_pair(row, remixed, shot, work / "subtitles"),
+        source_soundtrack=conformed,
         mezzanine=mux_pair(take, remixed, shot, work / "mux", "prores"),
     )
     return {"shot": shot, "files": files}

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import time
 from datetime import timedelta
 from fractions import Fraction
 from pathlib import Path
@@ -43,11 +46,23 @@ def run_manifest(samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture(scope="module")
 def flow_run(prefect_server, run_manifest: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The run, and every source soundtrack decode the conform made in it (its real reader, counted)."""
+    import dubflow.media.conform as conform_module
+
     out = tmp_path_factory.mktemp("out")
-    # force: earlier tests ran these shots into the session's stage cache, and the stage timing test
-    # needs takes that run the model, not cache hits that end in milliseconds.
-    state = localize(run_manifest, out, run_id="run1", prores=True, force=True, return_state=True)
-    return state, out / "run1"
+    decoded: list[Path] = []
+    read_audio = conform_module.read_audio
+
+    def counted(path: Path, stream_index: int = 0):
+        decoded.append(Path(path))
+        return read_audio(path, stream_index)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(conform_module, "read_audio", counted)
+        # force: earlier tests ran these shots into the session's stage cache, and the stage timing test
+        # needs takes that run the model, not cache hits that end in milliseconds.
+        state = localize(run_manifest, out, run_id="run1", prores=True, force=True, return_state=True)
+    return state, out / "run1", decoded
 
 
 def _delivered(run_dir: Path) -> list[tuple[str, str]]:
@@ -56,7 +71,7 @@ def _delivered(run_dir: Path) -> list[tuple[str, str]]:
 
 
 def test_run_fails_naming_only_the_silent_shot(flow_run) -> None:
-    state, _ = flow_run
+    state, _, _ = flow_run
     assert state.is_failed()
     error = state.result(raise_on_failure=False)
     assert isinstance(error, PairsFailedError)
@@ -67,7 +82,7 @@ def test_run_fails_naming_only_the_silent_shot(flow_run) -> None:
 
 
 def test_every_other_pair_is_delivered_frame_exact(flow_run, run_manifest: Path) -> None:
-    _, run_dir = flow_run
+    _, run_dir, _ = flow_run
     delivery = json.loads((run_dir / "delivery.json").read_text())
     assert delivery["profile"]["random_weights"] is True and "noise" in delivery["profile"]["notice"]
     delivered = _delivered(run_dir)
@@ -95,7 +110,7 @@ def test_every_other_pair_is_delivered_frame_exact(flow_run, run_manifest: Path)
 def test_every_delivered_mix_meets_the_profile_by_an_independent_measurement(flow_run) -> None:
     """By ffmpeg's own EBU R128 meter (`ebur128=peak=true`), not the pyloudnorm / resample_poly method
     dubflow measures with; its true peak may read a meter's tolerance (+0.2 dB) over dubflow's."""
-    _, run_dir = flow_run
+    _, run_dir, _ = flow_run
     for shot_id, language in _delivered(run_dir):
         lufs, true_peak = ebur128(run_dir / shot_id / language / f"{shot_id}_{language}_mix.wav")
         assert abs(lufs - (-23.0)) <= 0.5, (shot_id, language, lufs)
@@ -103,7 +118,7 @@ def test_every_delivered_mix_meets_the_profile_by_an_independent_measurement(flo
 
 
 def test_the_surround_shot_delivers_centre_dialogue_over_a_six_channel_bed(flow_run) -> None:
-    _, run_dir = flow_run
+    _, run_dir, _ = flow_run
     dx, _ = read_audio(run_dir / "sc02_sh010" / "fr" / "sc02_sh010_fr_dx.wav")
     bed, _ = read_audio(run_dir / "sc02_sh010" / "sc02_sh010_me.wav")
     assert dx.shape[0] == bed.shape[0] == 6
@@ -114,7 +129,7 @@ def test_the_surround_shot_delivers_centre_dialogue_over_a_six_channel_bed(flow_
 
 
 def test_subtitles_parse_and_lie_inside_the_shot(flow_run, run_manifest: Path) -> None:
-    _, run_dir = flow_run
+    _, run_dir, _ = flow_run
     scripts = pd.read_csv(run_manifest).set_index(["shot_id", "language"]).script
     for shot_id, language in _delivered(run_dir):
         pair_dir = run_dir / shot_id / language
@@ -128,7 +143,7 @@ def test_subtitles_parse_and_lie_inside_the_shot(flow_run, run_manifest: Path) -
 
 
 def test_delivery_manifest_hashes_match_the_files(flow_run) -> None:
-    _, run_dir = flow_run
+    _, run_dir, _ = flow_run
     delivery = json.loads((run_dir / "delivery.json").read_text())
     on_disk = {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()}
     assert on_disk == {e["path"] for e in delivery["files"]} | {"delivery.json", "delivery.parquet"}
@@ -144,20 +159,33 @@ def test_delivery_manifest_hashes_match_the_files(flow_run) -> None:
 
 
 def test_separation_runs_once_per_shot(flow_run) -> None:
-    state, _ = flow_run
+    state, _, _ = flow_run
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
-    names = sorted(run.name for run in runs if run.name.startswith("separate"))
-    assert names == ["separate sc01_sh010", "separate sc02_sh010", f"separate {SILENT_SHOT}"]
+    conforms = sorted(run.name for run in runs if run.name.startswith("conform"))
+    assert conforms == ["conform sc01_sh010", "conform sc02_sh010", f"conform {SILENT_SHOT}"]
+    # the silent shot's separation waits on its failed conform and never starts (nor gets its name)
+    names = [run.name for run in runs if run.name.startswith("separate")]
+    assert len(names) == 3 and {"separate sc01_sh010", "separate sc02_sh010"} <= set(names)
     lipdub = [run.name for run in runs if run.name.startswith("lipdub")]
     assert len(lipdub) == 5
+
+
+def test_each_shots_soundtrack_is_decoded_and_conformed_once_for_all_its_languages(flow_run, run_manifest) -> None:
+    """Separation, every language's LipDub voice reference and QC read the one conformed file: the
+    stereo shot has three languages, the 5.1 shot one, and each soundtrack is decoded once."""
+    _, _, decoded = flow_run
+    table = pd.read_csv(run_manifest, dtype=str, keep_default_na=False)
+    assert (table.shot_id == "sc01_sh010").sum() == 3
+    once = [Path(source) for source in table.source.unique() for _ in probe(Path(source)).soundtrack]
+    assert len(once) == 2 and sorted(decoded) == sorted(once)  # each stream of each soundtrack, once
 
 
 def test_the_next_take_is_waiting_for_the_device_before_a_take_ends(flow_run) -> None:
     """A thread-runner task holds its thread while it waits for its upstream: were a pair's remix and
     mux submitted before the next pair's take, they would hold the threads and the device would idle
     between takes."""
-    state, _ = flow_run
+    state, _, _ = flow_run
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
     takes = {run.name: run for run in runs if run.name.startswith("lipdub")}
@@ -166,7 +194,7 @@ def test_the_next_take_is_waiting_for_the_device_before_a_take_ends(flow_run) ->
 
 
 def test_summary_artifact_lists_every_pair(flow_run) -> None:
-    state, _ = flow_run
+    state, _, _ = flow_run
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts()
     (artifact,) = [a for a in artifacts if a.flow_run_id == state.state_details.flow_run_id and a.key == "localization-summary"]
@@ -176,7 +204,7 @@ def test_summary_artifact_lists_every_pair(flow_run) -> None:
 
 
 def test_progress_reaches_every_pair_and_the_qc_digest_reports_each(flow_run) -> None:
-    state, run_dir = flow_run
+    state, run_dir, _ = flow_run
     run_artifacts = {}
     with get_client(sync_client=True) as client:
         for artifact in client.read_artifacts():
@@ -206,15 +234,29 @@ def test_invalid_manifest_exits_2_and_runs_nothing(prefect_server, tmp_path: Pat
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_run_with_delivery_options(prefect_server, run_manifest: Path, tmp_path: Path) -> None:
+def test_cli_run_with_delivery_options(prefect_server, run_manifest: Path, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """--loudness with a target the true-peak ceiling makes impossible fails QC for real;
-    --allow-qc-warnings delivers the pair anyway and records the failed check."""
+    --allow-qc-warnings delivers the pair anyway and records the failed check. The command validates
+    in its input checks and the flow again: the picture is decoded through once (counted)."""
+    import dubflow.tasks.validate as validate_module
+
     table = pd.read_csv(run_manifest, dtype=str, keep_default_na=False)
+    table = table[(table.shot_id == "sc01_sh010") & (table.language == "fr")].copy()
+    # a copy that has settled (a file changed in the last seconds is never memoized)
+    source = Path(shutil.copy(table.source.iloc[0], tmp_path / "sc01_sh010.mov"))
+    long_ago = time.time_ns() - 60 * 10**9
+    os.utime(source, ns=(long_ago, long_ago))
+    table["source"] = str(source)
     one_pair = tmp_path / "one.csv"
-    table[(table.shot_id == "sc01_sh010") & (table.language == "fr")].to_csv(one_pair, index=False)
+    table.to_csv(one_pair, index=False)
+    probed: list[Path] = []
+    probe_many = validate_module.probe_many
+    monkeypatch.setattr(validate_module, "probe_many", lambda paths: probed.extend(paths) or probe_many(paths))
     exit_code = main(["run", str(one_pair), "--out", str(tmp_path / "out"), "--run-id", "r2",
                       "--loudness", "custom:-5:0.5:-20", "--allow-qc-warnings", "--separator-shifts", "0"])
     assert exit_code == 0
+    assert probed == [source]
     delivery = json.loads((tmp_path / "out" / "r2" / "delivery.json").read_text())
     (pair,) = delivery["pairs"]
     assert pair["status"] == "delivered"

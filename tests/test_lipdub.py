@@ -532,6 +532,7 @@ def test_fp8_weight_storage_keeps_shapes_and_stays_close(smoke_weights: Path, lo
 def test_a_shots_languages_share_one_reference_encoding_through_the_task(samples_dir: Path, tmp_path: Path) -> None:
     """The stage function as the flow calls it, once per (shot, language): the shot is encoded once."""
     from dubflow.models.profiles import load_lipdub, resolve_profile
+    from dubflow.tasks.conform import conform_shot
     from dubflow.tasks.lipdub import lipdub_pair
     from dubflow.media.io import probe
     from dubflow.tasks.validate import validate_manifest
@@ -544,7 +545,8 @@ def test_a_shots_languages_share_one_reference_encoding_through_the_task(samples
     model = load_lipdub(profile)
     model._prepared.clear()  # the shot may be cached from an earlier test: count from a cold cache
     before = model.reference_encodings
-    takes = [lipdub_pair(shot, row, rows, profile, tmp_path / row.language) for row in rows]
+    conformed = conform_shot(shot, tmp_path / "conform")
+    takes = [lipdub_pair(shot, conformed, row, rows, profile, tmp_path / row.language) for row in rows]
     assert model.reference_encodings == before + 1
     for take in takes:
         picture = probe(take.picture)

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import os
 import shutil
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -141,3 +143,43 @@ def test_validate_cli_prints_summary(samples_dir: Path, capsys: pytest.CaptureFi
     assert main(["validate", str(samples_dir / "manifest.parquet")]) == 0
     out = capsys.readouterr().out
     assert "shots           5" in out and "rows            11" in out and "picture seconds 17.551" in out
+
+
+def test_a_second_validation_reads_no_unchanged_picture_and_every_rewritten_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`dubflow run` validates twice (its input checks, then the flow): the second probes and hashes no
+    picture that is unchanged, and one rewritten in place in between (same size, same inode, another
+    mtime) is probed and hashed again. Counted on the real probe and hash functions."""
+    import dubflow.tasks.validate as validate_module
+    from dubflow.media.files import sha256_file
+    from media_corpus import ffmpeg
+
+    def picture(path: Path, tone: int) -> Path:  # raw video + PCM: the same size whatever the tone
+        ffmpeg("-f", "lavfi", "-i", "testsrc2=size=16x16:rate=24", "-f", "lavfi", "-i", f"sine=f={tone}:r=48000",
+               "-t", "0.5", "-c:v", "rawvideo", "-pix_fmt", "rgb24", "-c:a", "pcm_s16le", str(path))
+        return path
+
+    source, other = picture(tmp_path / "a.mov", 220), picture(tmp_path / "b.mov", 440)
+    assert source.stat().st_size == other.stat().st_size and sha256_file(source) != sha256_file(other)
+    long_ago = time.time_ns() - 60 * 10**9  # settled: a file changed just now is never memoized
+    os.utime(source, ns=(long_ago, long_ago))
+    probed: list[Path] = []
+    hashed: list[Path] = []
+    probe_many, sha256 = validate_module.probe_many, validate_module.sha256_file
+    monkeypatch.setattr(validate_module, "probe_many", lambda paths: probed.extend(paths) or probe_many(paths))
+    monkeypatch.setattr(validate_module, "sha256_file", lambda path: hashed.append(path) or sha256(path))
+    manifest = write_csv(tmp_path / "m.csv", [good_row(source="a.mov")])
+
+    first, second = validate_manifest(manifest), validate_manifest(manifest)
+    assert [p.resolve() for p in probed] == [p.resolve() for p in hashed] == [source.resolve()]  # once, not twice
+    assert second.shots["sh010"] == first.shots["sh010"]
+
+    inode = source.stat().st_ino
+    with open(source, "r+b") as handle:  # in place: the same file, the same size, new content
+        handle.write(other.read_bytes())
+    os.utime(source, ns=(long_ago + 10**9, long_ago + 10**9))
+    third = validate_manifest(manifest)
+    assert source.stat().st_ino == inode
+    assert [p.resolve() for p in probed] == [p.resolve() for p in hashed] == [source.resolve()] * 2
+    assert third.shots["sh010"].sha256 == sha256_file(other) != first.shots["sh010"].sha256

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -95,3 +97,26 @@ def test_probe_rejects_non_media(tmp_path: Path) -> None:
 def test_channel_mismatch_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(MediaError, match="3 channels"):
         write_wav(tmp_path / "x.wav", AudioTrack(np.zeros((3, 10), np.float32), 48_000, "stereo"))
+
+
+def test_a_file_memo_keeps_nothing_of_a_file_changed_just_before_it_was_stamped(tmp_path: Path) -> None:
+    """A rewrite within the filesystem clock's tick can leave size, mtime and inode as they were: a
+    value is memoized only for a file that had settled before it was read."""
+    from dubflow.media.files import FileMemo
+
+    path = tmp_path / "f"
+    path.write_bytes(b"one")
+    memo: FileMemo[bytes] = FileMemo()
+    reads: list[bytes] = []
+
+    def read(p: Path) -> bytes:
+        reads.append(p.read_bytes())
+        return reads[-1]
+
+    assert memo.get(path, read) == b"one"
+    path.write_bytes(b"two")  # same size, possibly the same mtime
+    assert memo.get(path, read) == b"two"
+    long_ago = time.time_ns() - 60 * 10**9
+    os.utime(path, ns=(long_ago, long_ago))
+    assert memo.get(path, read) == memo.get(path, read) == b"two"
+    assert reads == [b"one", b"two", b"two"]  # the settled file read once for two asks

@@ -19,6 +19,7 @@ from scipy import signal
 from dubflow.manifests.schema import ManifestRow
 from dubflow.models.separator import SeparatorSpec, build_smoke_separator
 from dubflow.media.audio import EBU_R128, fit_length, picture_samples
+from dubflow.tasks.conform import conform_shot
 from dubflow.tasks.lipdub import DubbedTake
 from dubflow.media.io import AudioTrack, Colour, PictureFormat, quantize_pcm24, read_audio, read_frames, read_track, write_video, write_wav
 from dubflow.tasks.mux import mux_pair
@@ -63,7 +64,8 @@ def _stand_in_take(samples_dir: Path, shot, language: str, work: Path) -> Dubbed
 
 def _deliver(samples_dir, manifest, separator, shot_id, language, work: Path) -> dict:
     shot = manifest.shots[shot_id]
-    separated = separate_shot(shot, separator, work)
+    conformed = conform_shot(shot, work / "conform")
+    separated = separate_shot(shot, conformed, separator, work)
     take = _stand_in_take(samples_dir, shot, language, work)
     remixed = remix_pair(take, separated, shot, work, separator, EBU_R128)
     files = PairDeliverables(
@@ -73,8 +75,10 @@ def _deliver(samples_dir, manifest, separator, shot_id, language, work: Path) ->
         bed=separated.bed,
         original_dialogue=separated.dialogue,
         subtitles=subtitle_pair(_row(manifest, shot_id, language), remixed, shot, work),
+        source_soundtrack=conformed,
     )
-    return {"shot": shot, "separated": separated, "take": take, "remixed": remixed, "files": files}
+    return {"shot": shot, "conformed": conformed, "separated": separated, "take": take, "remixed": remixed,
+            "files": files}
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +99,7 @@ def test_dialogue_plus_bed_is_the_source_mix_on_every_sample_shot(manifest, sepa
     picture): to the 24-bit step for PCM, to float rounding between two AAC decoders for the MP4
     (whose decoded padding past the picture the conform trims)."""
     for shot in manifest.shots.values():
-        separated = separate_shot(shot, separator, tmp_path / shot.shot_id)
+        separated = separate_shot(shot, conform_shot(shot, tmp_path / "conform"), separator, tmp_path / shot.shot_id)
         samples = picture_samples(shot.media.frame_count, shot.media.fps, 48_000)
         source = decode_audio(shot.source)
         dialogue, bed = decode_audio(separated.dialogue), decode_audio(separated.bed)
@@ -201,7 +205,7 @@ def test_a_failed_pair_is_delivered_only_when_warnings_are_allowed(stereo_pair, 
     """Through the function the QC task runs: an impossible loudness target fails QC genuinely."""
     impossible = replace(stereo_pair["remixed"], loudness=replace(EBU_R128, name="custom:-5:0.5:-1", target_lufs=-5.0))
     review = Path(shutil.copy(stereo_pair["files"].review_copy, tmp_path / "sc01_sh010_fr.mp4"))
-    arguments = (stereo_pair["shot"], stereo_pair["separated"], impossible, review, stereo_pair["files"].subtitles, None)
+    arguments = (stereo_pair["shot"], stereo_pair["conformed"], stereo_pair["separated"], impossible, review, stereo_pair["files"].subtitles, None)
     with pytest.raises(QCFailedError, match=r"loudness \(custom:-5:0.5:-1\) = -2\d\.\d\d LUFS \(expected -5 ± 0.5 LU\)"):
         qc_deliverables(*arguments, False, tmp_path)
     result = qc_deliverables(*arguments, True, tmp_path)

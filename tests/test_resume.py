@@ -29,7 +29,7 @@ from dubflow.tasks.separate import separator_identity, separator_spec
 from dubflow.tasks.stage_cache import CacheCounts, StageCache, stage_key
 
 SHOT = "sc01_sh020"  # the sample shot with two languages (fr, de)
-ALL_STAGES = {"separate": 1, "lipdub": 2, "remix": 2, "mux": 2, "subtitles": 2, "qc": 2}
+ALL_STAGES = {"conform": 1, "separate": 1, "lipdub": 2, "remix": 2, "mux": 2, "subtitles": 2, "qc": 2}
 CRASH_WAIT_S = 240  # for the killed run to store its first LipDub result
 _COUNTS_LINE = re.compile(r"^computed: (?P<computed>.*); reused: (?P<reused>.*)$", re.MULTILINE)
 
@@ -157,7 +157,7 @@ def test_a_second_run_reuses_everything_and_force_recomputes(
     state = localize(manifest, out, run_id="again", return_state=True)
     again = state.result()
     assert (again.cache.computed, again.cache.reused) == ({}, ALL_STAGES)
-    counts_line = "computed: nothing; reused: separate 1, lipdub 2, remix 2, mux 2, subtitles 2, qc 2"
+    counts_line = "computed: nothing; reused: conform 1, separate 1, lipdub 2, remix 2, mux 2, subtitles 2, qc 2"
     assert again.report().splitlines()[-2] == counts_line
     with get_client(sync_client=True) as client:
         (artifact,) = [a for a in client.read_artifacts()
@@ -180,7 +180,7 @@ def test_a_script_edit_recomputes_only_its_pair(first_run, samples_dir: Path, tm
     summary = localize(edited, out, run_id="edited")
     per_pair = {"lipdub": 1, "remix": 1, "mux": 1, "subtitles": 1, "qc": 1}
     assert summary.cache.computed == per_pair
-    assert summary.cache.reused == {"separate": 1, **per_pair}
+    assert summary.cache.reused == {"conform": 1, "separate": 1, **per_pair}
 
     before, after = _deliverables(out / "first"), _deliverables(out / "edited")
     assert set(before) == set(after)

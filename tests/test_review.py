@@ -367,7 +367,7 @@ def test_a_retake_recomputes_only_the_rejected_pair_and_its_take_differs(
                  str(review_manifest)]) == 0
     printed = capsys.readouterr()
     assert ("computed: lipdub 1, remix 1, mux 1, subtitles 1, qc 1; "
-            "reused: separate 1, lipdub 1, remix 1, mux 1, subtitles 1, qc 1") in printed.out + printed.err + caplog.text
+            "reused: conform 1, separate 1, lipdub 1, remix 1, mux 1, subtitles 1, qc 1") in printed.out + printed.err + caplog.text
 
     retake_dir = first_run.parent / plan.run_id
     for language, same in (("fr", True), ("de", False)):

@@ -607,7 +607,7 @@ def test_a_run_on_another_machine_reuses_every_stage_from_the_remote(
     monkeypatch.setenv("DUBFLOW_CACHE", str(tmp_path / "other-machine"))  # an empty disk
     caplog.clear()
     assert main(["run", str(manifest), "--out", str(tmp_path / "out"), "--run-id", "second", *common]) == 0
-    assert "computed: nothing; reused: separate 1, lipdub 1, remix 1, mux 1, subtitles 1, qc 1" in caplog.text
+    assert "computed: nothing; reused: conform 1, separate 1, lipdub 1, remix 1, mux 1, subtitles 1, qc 1" in caplog.text
     first, second = (json.loads((tmp_path / "out" / run / "delivery.json").read_text()) for run in ("first", "second"))
     # The review page names its run: compared are the deliverables.
     assert [(f["path"], f["sha256"]) for f in first["files"] if f["role"] != "review"] == \
