@@ -541,6 +541,13 @@ def write_wav(path: Path, track: AudioTrack, codec: Literal["pcm_s24le", "pcm_f3
     return path
 
 
+# x264's macroblock-tree rate control (on in every preset but ultrafast) makes the same frames encode to other
+# bytes from one call to the next in a process (other quantisers from frame 1 on, frame types unchanged): it
+# depends on memory x264 leaves uninitialised, at one or two threads alike (BENCHMARKS.md, "H.264 encodes
+# reproducible"). Off, an encode is a function of its frames: a recomputed stage reproduces its stored bytes.
+X264_REPRODUCIBLE = "mbtree=0"
+
+
 def write_video(
     path: Path,
     frames: Iterable[np.ndarray],
@@ -578,7 +585,8 @@ def write_video(
             video.pix_fmt = "yuv444p" if width % 2 or height % 2 else "yuv420p"
             # All-intra at x264's veryfast preset: measured on the smoke take, no bigger than at fast
             # (intra-only coding gains little from fast's extra analysis) in half the time.
-            video.options = {"crf": str(crf), **({"g": "1", "preset": "veryfast"} if all_intra else {"preset": "fast"})}
+            video.options = {"crf": str(crf), **({"g": "1", "preset": "veryfast"} if all_intra else {"preset": "fast"}),
+                             "x264-params": X264_REPRODUCIBLE}
         elif codec == "prores":
             video = container.add_stream("prores_ks", rate=picture.fps)
             video.pix_fmt = "yuv422p10le"

@@ -20,7 +20,7 @@ from dubflow.tasks.retries import STAGE_RETRIES
 from dubflow.tasks.stage_cache import StageCache, stage_key
 from dubflow.tasks.validate import Shot
 
-MUX_VERSION = 2  # bump when the stage's output changes for the same inputs
+MUX_VERSION = 3  # bump when the stage's output changes for the same inputs (3: x264 without mbtree, reproducible)
 MUX_STAGES = {"h264": "mux", "prores": "mezzanine"}  # cache stage (and task) name per codec
 
 

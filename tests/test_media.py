@@ -120,3 +120,26 @@ def test_a_file_memo_keeps_nothing_of_a_file_changed_just_before_it_was_stamped(
     os.utime(path, ns=(long_ago, long_ago))
     assert memo.get(path, read) == memo.get(path, read) == b"two"
     assert reads == [b"one", b"two", b"two"]  # the settled file read once for two asks
+
+
+def _heap_refilled_with_noise(rng: np.random.Generator) -> None:
+    """Allocate and free buffers of noise, so memory a library takes next without initialising it holds
+    other bytes than it did for the call before."""
+    buffers = [bytearray(rng.bytes(size)) for size in rng.integers(1 << 10, 1 << 20, 48)]
+    del buffers
+
+
+def test_an_h264_encode_is_a_function_of_its_frames(tmp_path: Path) -> None:
+    """The same frames give the same bytes every time in one process, whatever the heap held before
+    (x264's mbtree made them differ: a recomputed take's review copy no longer matched the stored one)."""
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=25,noise=alls=40:allf=t",
+                          "-frames:v", "50", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+                         check=True, capture_output=True).stdout
+    frames = np.frombuffer(raw, np.uint8).reshape(50, 180, 320, 3)
+    rng = np.random.default_rng(11)
+    encodes = set()
+    for attempt in range(6):
+        _heap_refilled_with_noise(rng)
+        path = write_video(tmp_path / f"take{attempt}.mp4", frames, Fraction(25))
+        encodes.add(path.read_bytes())
+    assert len(encodes) == 1

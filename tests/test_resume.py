@@ -143,9 +143,9 @@ def test_a_missing_separator_folder_is_refused_before_any_work(tmp_path: Path) -
 
 
 @pytest.fixture(scope="module")
-def first_run(prefect_server, samples_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+def first_run(prefect_server, small_samples_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     directory = tmp_path_factory.mktemp("resume")
-    manifest = _manifest(samples_dir, directory / "manifest")
+    manifest = _manifest(small_samples_dir, directory / "manifest")
     localize(manifest, directory / "out", run_id="first")
     return manifest, directory / "out"
 
@@ -174,9 +174,9 @@ def test_a_second_run_reuses_everything_and_force_recomputes(
     assert set(_deliverables(out / "forced")) == set(_deliverables(out / "first"))
 
 
-def test_a_script_edit_recomputes_only_its_pair(first_run, samples_dir: Path, tmp_path: Path) -> None:
+def test_a_script_edit_recomputes_only_its_pair(first_run, small_samples_dir: Path, tmp_path: Path) -> None:
     _, out = first_run
-    edited = _manifest(samples_dir, tmp_path, edit={"de": "Wo ist der Schlüssel geblieben?"})
+    edited = _manifest(small_samples_dir, tmp_path, edit={"de": "Wo ist der Schlüssel geblieben?"})
     summary = localize(edited, out, run_id="edited")
     per_pair = {"lipdub": 1, "remix": 1, "mux": 1, "subtitles": 1, "qc": 1}
     assert summary.cache.computed == per_pair
@@ -190,11 +190,11 @@ def test_a_script_edit_recomputes_only_its_pair(first_run, samples_dir: Path, tm
     assert "Schlüssel geblieben" in (out / "edited" / SHOT / "de" / f"{SHOT}_de.srt").read_text(encoding="utf-8")
 
 
-def test_a_killed_run_is_completed_by_the_next_without_redoing_finished_pairs(samples_dir: Path,
+def test_a_killed_run_is_completed_by_the_next_without_redoing_finished_pairs(small_samples_dir: Path,
                                                                            tmp_path: Path) -> None:
     """`dubflow run` in its own process group (it starts its own temporary Prefect server), killed
     with SIGKILL as soon as it has stored its first LipDub result, then the same command again."""
-    manifest = _manifest(samples_dir, tmp_path / "manifest")
+    manifest = _manifest(small_samples_dir, tmp_path / "manifest")
     cache, out = tmp_path / "cache", tmp_path / "out"
     env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_API")}
     env.update(PREFECT_HOME=str(tmp_path / "prefect"), DUBFLOW_CACHE=str(cache))
