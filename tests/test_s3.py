@@ -519,8 +519,9 @@ def test_run_from_s3_to_s3_and_no_credential_reaches_any_output(
     writes = relay.of(*WRITES)
     assert {w.key for w in writes} <= set(stored) and writes[-1].key == f"{run_prefix}delivery.json"
 
-    # The publish report, in the run's log: 10 deliverables and the review page's 7 files.
-    assert f"published {out}/s3run: 17 written" in caplog.text
+    # The publish report, in the run's log: 10 deliverables and the review page's 9 files (page, script,
+    # style, data, history, thumbnail, the original and dub proxies, the original mix).
+    assert f"published {out}/s3run: 19 written" in caplog.text
     APILogWorker.drain_all(timeout=10)
     with get_client(sync_client=True) as client:
         (run,) = [r for r in client.read_flow_runs() if r.parameters.get("run_id") == "s3run"]
