@@ -46,14 +46,26 @@ def cli_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def two_pairs(samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    table = pd.read_csv(samples_dir / "manifest.csv", dtype=str, keep_default_na=False)
+def _two_pairs_of(samples: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    table = pd.read_csv(samples / "manifest.csv", dtype=str, keep_default_na=False)
     table = table[(table.shot_id == SHOT) & table.language.isin(["fr", "de"])].copy()
-    table["source"] = [str(samples_dir / source) for source in table.source]
+    table["source"] = [str(samples / source) for source in table.source]
     path = tmp_path_factory.mktemp("cli") / "manifest.csv"
     table.to_csv(path, index=False)
     return path
+
+
+@pytest.fixture(scope="module")
+def two_pairs(small_samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two pairs of one shot at a quarter of the sample's size: what these tests check does not
+    depend on the picture's size."""
+    return _two_pairs_of(small_samples_dir, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def two_full_size_pairs(samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Full-size pairs for the signal tests: their run must still be working when the signal comes."""
+    return _two_pairs_of(samples_dir, tmp_path_factory)
 
 
 def _dubflow(args: list[str], env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
@@ -363,10 +375,11 @@ def _gone(server: psutil.Process, timeout: float = 30) -> bool:
 
 
 @pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "SIGKILL", "SIGSEGV"])
-def test_no_prefect_server_outlives_a_stopped_run(how: str, two_pairs: Path, cli_env: dict, tmp_path: Path) -> None:
+def test_no_prefect_server_outlives_a_stopped_run(how: str, two_full_size_pairs: Path, cli_env: dict,
+                                                  tmp_path: Path) -> None:
     """Ctrl-C and SIGTERM stop the run and its server; SIGKILL and a crash (SIGSEGV, as a native
     library's fault) end the process at once, and the kernel stops the server."""
-    process = subprocess.Popen([DUBFLOW, "run", str(two_pairs), "--out", str(tmp_path / "out"), "--force"],
+    process = subprocess.Popen([DUBFLOW, "run", str(two_full_size_pairs), "--out", str(tmp_path / "out"), "--force"],
                                env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         process.stdout.readline()  # the run's first line: checks passed, the server is starting
