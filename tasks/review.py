@@ -37,8 +37,7 @@ from prefect.cache_policies import NO_CACHE
 from dubflow.manifests.schema import ManifestRow
 from dubflow.media.audio import picture_samples
 from dubflow.media.files import atomic_write_bytes
-from dubflow.media.io import (DELIVERY_SAMPLE_RATE, AudioTrack, PictureFormat, iter_frames, read_audio, write_video,
-                              write_wav)
+from dubflow.media.io import DELIVERY_SAMPLE_RATE, PictureFormat, iter_frames, read_audio, write_video
 from dubflow.tasks.publish import DeliveryFile, PairOutcome
 from dubflow.tasks.retries import STAGE_RETRIES
 from dubflow.tasks.separate import SeparatedShot
@@ -97,13 +96,6 @@ def _proxy_frame(frame: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.LANCZOS))
 
 
-def write_original_mix(separated: SeparatedShot, out: Path) -> Path:
-    """The shot's original mix, dialogue + bed (the source soundtrack on the picture's timeline)."""
-    dialogue, _ = read_audio(separated.dialogue)
-    bed, _ = read_audio(separated.bed)
-    return write_wav(out, AudioTrack((dialogue + bed).astype(np.float32), DELIVERY_SAMPLE_RATE, separated.layout))
-
-
 def write_thumbnail(picture: Path, frame_index: int, out: Path) -> Path:
     """Frame `frame_index` of `picture`, scaled to a thumbnail's height, as JPEG."""
     frame = next(islice(iter_frames(picture), frame_index, None))
@@ -157,7 +149,7 @@ def build_review(
                 # Upright and tagged as the delivered picture is, so the two show alike side by side.
                 write_review_proxy(iter_frames(shot.source, shot.media.rotation), shot.media.picture_format,
                                    out_dir / picture)
-                write_original_mix(separated[row.shot_id], out_dir / mix)
+                shutil.copyfile(separated[row.shot_id].mix, out_dir / mix)  # dialogue + bed, exactly
                 written += [(out_dir / name, name, row.shot_id, None) for name in (picture, mix)]
             review_copy = delivered[(row.shot_id, row.language, "review_mp4")]
             dub = f"media/{row.shot_id}_{row.language}_dub.mp4"
