@@ -7,13 +7,20 @@ Euler loop, Gaussian noiser) in fp32, recording every noise tensor; casts the sa
 place and runs upstream again on the recorded noise; then hands those very bf16 tensors (no copy:
 ``load_state_dict(assign=True)``) through diffusers' single-file key conversion plus dubflow's renames
 to diffusers' transformer, and runs dubflow's ``sample_stage_1`` / ``sample_stage_2`` on the same
-inputs and noise. Per checkpoint (first transformer forward, stage-1 video and audio latents, stage-2
-video latent) it prints ‖x − upstream_fp32‖ / ‖upstream_fp32‖ for both bf16 runs and whether dubflow's
-is within 2× of upstream's own.
+inputs and noise. Then, the transformer freed, the rest of the model at full size: LTX-2.3's x2 latent
+upsampler, video VAE, audio VAE and vocoder with seeded random weights, written by upstream's own
+configurators into upstream's single-file layout and upscaler file; upstream's pipeline blocks
+(``VideoUpsampler``, ``VideoDecoder``, ``AudioDecoder``) run in fp32 and bf16, and dubflow's loaders
+(``checkpoint_component_keys`` + strict loading into diffusers' classes configured by ``LTX_2_3``,
+``load_upsampler_file``) and pipeline methods (``_upsample``, ``_decode_video``, ``_decode_audio``) in
+bf16, each on upstream-fp32's own stage latents. Per checkpoint (first transformer forward, stage-1
+video and audio latents, stage-2 video latent, upsampled latent, decoded frames, decoded audio) it
+prints ‖x − upstream_fp32‖ / ‖upstream_fp32‖ for both bf16 runs and whether dubflow's is within 2× of
+upstream's own; dubflow's tiled decode (its GPU path) is one more row.
 
 Not covered here (see docs/fidelity.md): the IC-LoRA (fused before sampling, checked in fp32 on CPU by
-tests/test_upstream_dubit.py), VAEs, upsampler and vocoder. Inputs are random tensors of the real
-shapes: 1024-token text contexts, reference latents, a 4 s voice latent.
+tests/test_upstream_dubit.py) and the encoders. Inputs are random tensors of the real shapes:
+1024-token text contexts, reference latents, a 4 s voice latent.
 
 Needs the upstream checkout on PYTHONPATH (packages/ltx-core/src, packages/ltx-pipelines/src) and dubflow
 importable. Usage: ``python bench/dubit_gpu_equivalence.py --out results.json``.
@@ -22,6 +29,7 @@ importable. Usage: ``python bench/dubit_gpu_equivalence.py --out results.json``.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import platform
@@ -33,7 +41,9 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-from dubit_reference import LTX_2_3_UPSTREAM_CONFIG as UPSTREAM_CONFIG  # noqa: E402  (the one LTX-2.3 config)
+import dubit_reference as harness  # noqa: E402  (the CI harness: the one LTX-2.3 config, its layouts and builders)
+
+UPSTREAM_CONFIG = harness.LTX_2_3_UPSTREAM_CONFIG
 
 SEED = 20_261_205
 FPS = 24.0
@@ -46,9 +56,37 @@ SMALL_DIMS = {"num_attention_heads": 2, "attention_head_dim": 8, "cross_attentio
               "audio_num_attention_heads": 2, "audio_attention_head_dim": 4, "audio_cross_attention_dim": 8}
 DIMS: dict[str, int] = {}
 CHECKPOINTS = ("forward.video", "forward.audio", "stage_1.video", "stage_1.audio", "stage_2.video")
+DECODER_CHECKPOINTS = ("upsample.video", "decode.video", "decode.audio")
+
+
+def _res(layers: int) -> list:
+    return ["res_x", {"num_layers": layers}]
+
+
+# The rest of LTX-2.3 in upstream's configuration terms at full size: the CI harness's layouts
+# (tools/dubit_reference.py, checked number by number on CPU) at the widths of dubflow's LTX_2_3
+# (diffusers' conversion script). Loading upstream's tensors strictly into diffusers' classes built
+# from LTX_2_3 proves both describe the same shapes (0.73B video VAE, 0.05B audio VAE, 0.13B
+# vocoder, 0.50B upsampler).
+FULL_VIDEO_VAE = {
+    **harness.VIDEO_VAE_CONFIG, "decoder_base_channels": 128,
+    "encoder_blocks": [_res(4), ["compress_space_res", {"multiplier": 2}], _res(6), ["compress_time_res", {"multiplier": 2}],
+                       _res(4), ["compress_all_res", {"multiplier": 2}], _res(2), ["compress_all_res", {"multiplier": 1}], _res(2)],
+    "decoder_blocks": [_res(4), ["compress_space", {"multiplier": 2}], _res(6), ["compress_time", {"multiplier": 2}],
+                       _res(4), ["compress_all", {"multiplier": 1}], _res(2), ["compress_all", {"multiplier": 2}], _res(2)],
+}
+_AUDIO_PARAMS = harness.AUDIO_VAE_CONFIG["model"]["params"]
+FULL_AUDIO_VAE = {**harness.AUDIO_VAE_CONFIG, "model": {"params": {
+    **_AUDIO_PARAMS, "ddconfig": {**_AUDIO_PARAMS["ddconfig"], "ch_mult": [1, 2, 4], "num_res_blocks": 2}}}}
+_RESBLOCKS = {"resblock_kernel_sizes": [3, 7, 11], "resblock_dilation_sizes": [[1, 3, 5]] * 3}
+FULL_VOCODER = {"vocoder": {**harness.VOCODER_CONFIG["vocoder"], **_RESBLOCKS, "upsample_initial_channel": 1536},
+                "bwe": {**harness.VOCODER_CONFIG["bwe"], **_RESBLOCKS, "upsample_initial_channel": 512}}
+FULL_UPSAMPLER = {**harness.UPSAMPLER_CONFIG, "mid_channels": 1024, "num_blocks_per_stage": 4}
 
 
 def relative(found: torch.Tensor, expected: torch.Tensor) -> float:
+    if found.shape != expected.shape:  # never let broadcasting compare the wrong things
+        raise ValueError(f"shapes differ: {tuple(found.shape)} vs {tuple(expected.shape)}")
     found, expected = found.double().cpu(), expected.double().cpu()
     return float((found - expected).norm() / expected.norm())
 
@@ -212,6 +250,68 @@ def run_dubflow(transformer, data: dict, noises: list[torch.Tensor]) -> dict[str
     return {**captured, "stage_1.video": video_1, "stage_1.audio": audio_1, "stage_2.video": video_2}
 
 
+def write_upstream_files(folder: Path) -> tuple[Path, Path]:
+    """Upstream's single-file checkpoint (video VAE, audio VAE, vocoder; no transformer: it was compared
+    above) and upscaler file at full size, seeded random weights, written by the CI harness's builders."""
+    folder.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(SEED + 3)
+    harness.build_upstream_checkpoint(folder, generator, {"vae": FULL_VIDEO_VAE, "audio_vae": FULL_AUDIO_VAE,
+                                                          "vocoder": FULL_VOCODER})
+    harness.build_upsampler(folder, generator, FULL_UPSAMPLER)
+    return folder / harness.CHECKPOINT, folder / harness.UPSAMPLER
+
+
+def run_upstream_decoders(files: tuple[Path, Path], latents: dict, dtype: torch.dtype, device: torch.device) -> dict:
+    """Upstream's pipeline blocks as ``DubItPipeline`` runs them (video decode untiled)."""
+    from ltx_pipelines.utils.blocks import AudioDecoder, VideoDecoder, VideoUpsampler
+
+    checkpoint, upscaler = str(files[0]), str(files[1])
+    with torch.inference_mode():
+        upsampled = VideoUpsampler(checkpoint, upscaler, dtype, device)(latents["stage_1.video"].to(dtype))
+        frames = torch.cat(list(VideoDecoder(checkpoint, dtype, device)(latents["stage_2.video"].to(dtype))))
+        sound = AudioDecoder(checkpoint, dtype, device)(latents["stage_1.audio"].to(dtype))
+    return {"upsample.video": upsampled.float(), "decode.video": frames.float().permute(0, 3, 1, 2),  # (F, 3, H, W)
+            "decode.audio": sound.waveform.float()}
+
+
+def run_dubflow_decoders(files: tuple[Path, Path], latents: dict, device: torch.device) -> dict:
+    """dubflow's loaders and pipeline methods, bf16, as a run on a GPU loads and calls them."""
+    from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.ltx2 import LTX2VocoderWithBWE
+    from safetensors.torch import load_file
+
+    from dubflow.models.lipdub import LipDubModel, _load_strictly, checkpoint_component_keys, load_upsampler_file
+    from dubflow.models.lipdub_pipeline import LTX2LipDubPipeline
+    from dubflow.models.ltx2_architectures import LTX_2_3, build_components_on_meta, build_tokenizer
+
+    dtype = torch.bfloat16
+    official = load_file(str(files[0]))
+    classes = {"vae": AutoencoderKLLTX2Video, "audio_vae": AutoencoderKLLTX2Audio, "vocoder": LTX2VocoderWithBWE}
+    loaded = {name: _load_strictly(cls, getattr(LTX_2_3, name), checkpoint_component_keys(name, official), dtype, name)
+              for name, cls in classes.items()}
+    pipe = LTX2LipDubPipeline(
+        **build_components_on_meta(LTX_2_3, ("text_encoder", "connectors", "transformer")), **loaded,
+        latent_upsampler=load_upsampler_file(files[1], dtype), scheduler=FlowMatchEulerDiscreteScheduler(**LTX_2_3.scheduler),
+        tokenizer=build_tokenizer(LTX_2_3.tokenizer_window),
+    )
+    for name in (*classes, "latent_upsampler"):
+        getattr(pipe, name).to(device)
+    LipDubModel(pipe, reference_downscale_factor=1, identity="random weights")  # as a load: the vocoder in fp32
+    video_1, video_2 = latents["stage_1.video"], latents["stage_2.video"]
+    grid_1, grid_2 = tuple(video_1.shape[2:]), tuple(video_2.shape[2:])
+    audio = pipe._pack_audio_latents(latents["stage_1.audio"])
+    with torch.inference_mode():
+        results = {
+            "upsample.video": pipe._upsample(pipe._pack_latents(video_1, 1, 1), grid_1),
+            "decode.video": pipe._decode_video(pipe._pack_latents(video_2, 1, 1), grid_2),
+            "decode.audio": pipe._decode_audio(audio, audio.shape[1]),
+        }
+        pipe.vae.enable_tiling()  # dubflow's GPU path (models/lipdub.py `_use_kernels`)
+        results["decode.video tiled"] = pipe._decode_video(pipe._pack_latents(video_2, 1, 1), grid_2)
+    results["upsample.video"] = pipe._unpack_latents(results["upsample.video"], *grid_2, 1, 1)
+    return results
+
+
 def packed(name: str, tensor: torch.Tensor) -> torch.Tensor:
     """Upstream's stage outputs are unpatchified; dubflow's packed (B, tokens, C): compare packed."""
     if tensor.ndim == 5:
@@ -221,12 +321,21 @@ def packed(name: str, tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def row(name: str, expected: torch.Tensor, upstream_bf16: torch.Tensor, dubflow_bf16: torch.Tensor) -> dict:
+    """One checkpoint: both bf16 runs' relative L2 against upstream fp32, and whether dubflow's is within 2x."""
+    upstream_error = relative(upstream_bf16, expected)
+    dubflow_error = relative(dubflow_bf16, expected)
+    return {"checkpoint": name, "upstream_bf16_vs_fp32": upstream_error, "dubflow_bf16_vs_upstream_fp32": dubflow_error,
+            "ratio": dubflow_error / upstream_error, "within_2x": dubflow_error <= 2 * upstream_error}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True)
+    parser.add_argument("--scratch", default="/tmp/dubit_gpu_equivalence", help="where upstream's decoder files are written (~6 GB)")
     parser.add_argument("--layers", type=int, default=UPSTREAM_CONFIG["num_layers"], help="fewer for a dry run")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--small", action="store_true", help="narrow model, 9-frame 128x192 clip, 64 text tokens (dry run)")
+    parser.add_argument("--small", action="store_true", help="narrow transformer, 9-frame 128x192 clip, 64 text tokens (dry run; decoders stay full size)")
     args = parser.parse_args()
     global NUM_FRAMES, HEIGHT, WIDTH, TEXT_TOKENS, VOICE_LATENT_FRAMES
     if args.small:
@@ -252,13 +361,28 @@ def main() -> None:
     started = time.perf_counter()
     dubflow = run_dubflow(dubflow_transformer(model, args.layers), data, noises)
     timings["dubflow_bf16_s"] = time.perf_counter() - started
-    rows = []
-    for name in CHECKPOINTS:
-        expected = packed(name, fp32[name])
-        upstream_error = relative(packed(name, bf16[name]), expected)
-        dubflow_error = relative(packed(name, dubflow[name]), expected)
-        rows.append({"checkpoint": name, "upstream_bf16_vs_fp32": upstream_error, "dubflow_bf16_vs_upstream_fp32":
-                     dubflow_error, "ratio": dubflow_error / upstream_error, "within_2x": dubflow_error <= 2 * upstream_error})
+    rows = [row(name, packed(name, fp32[name]), packed(name, bf16[name]), packed(name, dubflow[name])) for name in CHECKPOINTS]
+
+    # The decoders, on upstream-fp32's own stage latents; the transformer's memory given back first.
+    latents = {name: fp32[name] for name in ("stage_1.video", "stage_1.audio", "stage_2.video")}
+    del model, fp32, bf16, dubflow
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    started = time.perf_counter()
+    files = write_upstream_files(Path(args.scratch))
+    timings["write_decoder_files_s"] = time.perf_counter() - started
+    decoded = {}
+    for label, run in (("upstream_fp32", lambda: run_upstream_decoders(files, latents, torch.float32, device)),
+                       ("upstream_bf16", lambda: run_upstream_decoders(files, latents, torch.bfloat16, device)),
+                       ("dubflow_bf16", lambda: run_dubflow_decoders(files, latents, device))):
+        started = time.perf_counter()
+        decoded[label] = run()
+        timings[f"decoders_{label}_s"] = time.perf_counter() - started
+    rows += [row(name, decoded["upstream_fp32"][name], decoded["upstream_bf16"][name], decoded["dubflow_bf16"][name])
+             for name in DECODER_CHECKPOINTS]
+    rows.append(row("decode.video tiled", decoded["upstream_fp32"]["decode.video"], decoded["upstream_bf16"]["decode.video"],
+                    decoded["dubflow_bf16"]["decode.video tiled"]))
     report = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "layers": args.layers, "torch": torch.__version__, "python": platform.python_version(),
         "geometry": {"frames": NUM_FRAMES, "height": HEIGHT, "width": WIDTH, "fps": FPS, "text_tokens": TEXT_TOKENS,
@@ -267,10 +391,10 @@ def main() -> None:
     }
     with open(args.out, "w") as handle:
         json.dump(report, handle, indent=2)
-    print(f"{'checkpoint':<16}{'upstream bf16':>16}{'dubflow bf16':>16}{'ratio':>8}  within 2x")
-    for row in rows:
-        print(f"{row['checkpoint']:<16}{row['upstream_bf16_vs_fp32']:>16.3e}{row['dubflow_bf16_vs_upstream_fp32']:>16.3e}"
-              f"{row['ratio']:>8.2f}  {row['within_2x']}")
+    print(f"{'checkpoint':<20}{'upstream bf16':>16}{'dubflow bf16':>16}{'ratio':>8}  within 2x")
+    for line in rows:
+        print(f"{line['checkpoint']:<20}{line['upstream_bf16_vs_fp32']:>16.3e}{line['dubflow_bf16_vs_upstream_fp32']:>16.3e}"
+              f"{line['ratio']:>8.2f}  {line['within_2x']}")
     print(json.dumps({k: v for k, v in report.items() if k != "rows"}))
 
 

@@ -155,23 +155,24 @@ CHECKPOINT = "checkpoint.safetensors"
 UPSAMPLER = "spatial_upscaler.safetensors"
 
 
-def build_upstream_checkpoint(out: Path, generator: torch.Generator) -> dict:
+def build_upstream_checkpoint(out: Path, generator: torch.Generator, config: dict = CHECKPOINT_CONFIG) -> dict:
     """Random weights in upstream's models, saved in upstream's single-file layout: the transformer
-    under ``model.diffusion_model.``, the video VAE under ``vae.``, the audio VAE under ``audio_vae.``,
-    the vocoder under ``vocoder.``; the configuration as ``config`` metadata. Returns the transformer's part."""
+    under ``model.diffusion_model.`` (when ``config`` has one), the video VAE under ``vae.``, the audio
+    VAE under ``audio_vae.``, the vocoder under ``vocoder.``; ``config`` as ``config`` metadata. Returns
+    the transformer's part."""
     from ltx_core.model.audio_vae.model_configurator import (
         AudioDecoderConfigurator, AudioEncoderConfigurator, VocoderConfigurator,
     )
     from ltx_core.model.transformer.model_configurator import LTXModelConfigurator
     from ltx_core.model.video_vae.model_configurator import VideoDecoderConfigurator, VideoEncoderConfigurator
 
-    metadata = {"config": CHECKPOINT_CONFIG}
-    model = LTXModelConfigurator.from_metadata(metadata)
+    metadata = {"config": config}
     transformer = {}
-    for name, tensor in model.state_dict().items():
-        fan_in = tensor.shape[-1] if tensor.ndim >= 2 else 1
-        scale = 0.1 if tensor.ndim < 2 or "scale_shift_table" in name else 1.0 / math.sqrt(fan_in)
-        transformer[f"model.diffusion_model.{name}"] = (torch.randn(tensor.shape, generator=generator) * scale).contiguous()
+    if "transformer" in config:
+        for name, tensor in LTXModelConfigurator.from_metadata(metadata).state_dict().items():
+            fan_in = tensor.shape[-1] if tensor.ndim >= 2 else 1
+            scale = 0.1 if tensor.ndim < 2 or "scale_shift_table" in name else 1.0 / math.sqrt(fan_in)
+            transformer[f"model.diffusion_model.{name}"] = (torch.randn(tensor.shape, generator=generator) * scale).contiguous()
     state = dict(transformer)
     for prefix, configurator in (
         ("vae.encoder.", VideoEncoderConfigurator), ("vae.decoder.", VideoDecoderConfigurator),
@@ -190,12 +191,12 @@ def build_upstream_checkpoint(out: Path, generator: torch.Generator) -> dict:
     return transformer
 
 
-def build_upsampler(out: Path, generator: torch.Generator) -> None:
+def build_upsampler(out: Path, generator: torch.Generator, config: dict = UPSAMPLER_CONFIG) -> None:
     """The x2 spatial latent upsampler as upstream ships it: its own file, its configuration as metadata."""
     from ltx_core.model.upsampler.model_configurator import LatentUpsamplerConfigurator
 
-    model = LatentUpsamplerConfigurator.from_metadata({"config": UPSAMPLER_CONFIG})
-    save_file(random_state(model, generator), str(out / UPSAMPLER), metadata={"config": json.dumps(UPSAMPLER_CONFIG)})
+    model = LatentUpsamplerConfigurator.from_metadata({"config": config})
+    save_file(random_state(model, generator), str(out / UPSAMPLER), metadata={"config": json.dumps(config)})
 
 
 def random_state(model: torch.nn.Module, generator: torch.Generator) -> dict[str, torch.Tensor]:
