@@ -10,7 +10,6 @@ from datetime import timedelta
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import pandas as pd
 import pytest
@@ -23,19 +22,22 @@ from dubflow.flows.cli import main
 from dubflow.flows.localize import PairsFailedError, localize
 from dubflow.media.files import sha256_file
 from dubflow.media.io import probe, read_audio, write_video
-from media_corpus import ebur128
+from media_corpus import ebur128, probe_picture, probe_sounds
 
 SILENT_SHOT = "sc09_silent"
 
 
 @pytest.fixture(scope="module")
-def run_manifest(samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def run_manifest(small_samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two sample shots (stereo at 24000/1001 with three languages, 5.1 at 30000/1001 with one)
-    plus a shot with no audio track, which must fail alone."""
+    plus a shot with no audio track, which must fail alone. The small sample shots: every check here
+    compares with the source's own size, rate, count and layout, and the smoke model generates at
+    128 lines either way; full-size pictures only made every take, mux, mezzanine and QC decode ~5×
+    slower."""
     directory = tmp_path_factory.mktemp("flow")
-    table = pd.read_csv(samples_dir / "manifest.csv", dtype=str, keep_default_na=False)
+    table = pd.read_csv(small_samples_dir / "manifest.csv", dtype=str, keep_default_na=False)
     table = table[(table.shot_id == "sc01_sh010") | ((table.shot_id == "sc02_sh010") & (table.language == "fr"))]
-    table["source"] = [str(samples_dir / s) for s in table.source]
+    table["source"] = [str(small_samples_dir / s) for s in table.source]
     silent = directory / f"{SILENT_SHOT}.mov"
     write_video(silent, [np.full((96, 160, 3), 90, np.uint8)] * 12, Fraction(24))
     table.loc[len(table)] = [SILENT_SHOT, str(silent), "", "de", "Niemand spricht.", ""]
@@ -88,18 +90,20 @@ def test_every_other_pair_is_delivered_frame_exact(flow_run, run_manifest: Path)
     delivered = _delivered(run_dir)
     assert sorted(delivered) == [("sc01_sh010", "de"), ("sc01_sh010", "fr"), ("sc01_sh010", "pt-BR"), ("sc02_sh010", "fr")]
     sources = pd.read_csv(run_manifest).drop_duplicates("shot_id").set_index("shot_id").source
+    # by ffprobe, the sources and what was delivered alike (decoded frame counts, exact rates)
+    shots = {shot_id for shot_id, _ in delivered}
+    pictures = {shot_id: probe_picture(Path(sources[shot_id])) for shot_id in shots}
+    channels = {shot_id: probe_sounds(Path(sources[shot_id]))[0].channels for shot_id in shots}
     for shot_id, language in delivered:
         pair_dir = run_dir / shot_id / language
-        source = probe(Path(sources[shot_id]))
+        source = pictures[shot_id]
         for picture in (f"{shot_id}_{language}.mp4", f"{shot_id}_{language}.mov"):
-            review = probe(pair_dir / picture)
-            assert (review.frame_count, review.fps) == (source.frame_count, source.fps)
+            review = probe_picture(pair_dir / picture)
+            assert (review.frames, review.rate) == (source.frames, source.rate)
             assert (review.width, review.height) == (source.width, source.height)
         for stem in ("mix", "dx"):
-            with av.open(str(pair_dir / f"{shot_id}_{language}_{stem}.wav")) as wav:
-                stream = wav.streams.audio[0]
-                assert (stream.rate, stream.codec_context.name) == (48_000, "pcm_s24le")
-                assert stream.channels == source.audio[0].channels
+            (wav,) = probe_sounds(pair_dir / f"{shot_id}_{language}_{stem}.wav")
+            assert (wav.sample_rate, wav.codec, wav.channels) == (48_000, "pcm_s24le", channels[shot_id])
         qc = json.loads((pair_dir / f"{shot_id}_{language}_qc.json").read_text())
         assert qc["passed"], qc
         assert {"mezzanine picture codec", "mezzanine A/V offset"} <= {check["name"] for check in qc["checks"]}
@@ -133,7 +137,8 @@ def test_subtitles_parse_and_lie_inside_the_shot(flow_run, run_manifest: Path) -
     scripts = pd.read_csv(run_manifest).set_index(["shot_id", "language"]).script
     for shot_id, language in _delivered(run_dir):
         pair_dir = run_dir / shot_id / language
-        shot_ms = float(probe(pair_dir / f"{shot_id}_{language}.mp4").duration) * 1000
+        picture = probe_picture(pair_dir / f"{shot_id}_{language}.mp4")  # by ffprobe
+        shot_ms = float(picture.frames / picture.rate) * 1000
         cues = list(srt.parse((pair_dir / f"{shot_id}_{language}.srt").read_text(encoding="utf-8")))
         assert cues and all(0 <= c.start.total_seconds() * 1000 < c.end.total_seconds() * 1000 <= shot_ms for c in cues)
         assert " ".join(c.content.replace("\n", " ") for c in cues).split() == scripts[(shot_id, language)].split()

@@ -28,6 +28,9 @@ from dubflow.tasks.validate import validate_manifest
 ARTIFACTS = Path(__file__).parent / "artifacts" / "review"  # screenshots kept for people to look at
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 SHOT = "sc01_sh010"  # 72 frames at 24000/1001: a fractional rate is where frame arithmetic goes wrong
+# Its small sample shot's size (tests/conftest.py): the proxies keep a picture under 960 px as it is,
+# and the page draws them at that size; the scaling is proved on its own picture below.
+WIDTH, HEIGHT = 214, 120
 # --allow-file-access-from-files lets this test read the page's canvases back (a page from file:// draws
 # its own videos untainted only then); the page itself never reads pixels.
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -37,11 +40,11 @@ PLAY_S = 3.0  # sampled play from frame 39 of 72 (1.63 s in): the loop wraps aft
 
 
 @pytest.fixture(scope="module")
-def review_manifest(samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One sample shot in two languages, beside a copy of the samples' pictures (relative sources)."""
+def review_manifest(small_samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One sample shot in two languages, beside a copy of the small samples' pictures (relative sources)."""
     directory = tmp_path_factory.mktemp("review")
-    shutil.copytree(samples_dir / "shots", directory / "shots")
-    table = pd.read_csv(samples_dir / "manifest.csv", dtype=str, keep_default_na=False)
+    shutil.copytree(small_samples_dir / "shots", directory / "shots")
+    table = pd.read_csv(small_samples_dir / "manifest.csv", dtype=str, keep_default_na=False)
     table = table[(table.shot_id == SHOT) & table.language.isin(["fr", "de"])]
     path = directory / "manifest.csv"
     table.to_csv(path, index=False)
@@ -268,7 +271,7 @@ def test_the_review_proxies_are_all_intra_at_the_exact_rate_and_frame_count(firs
         assert probed["format"]["nb_streams"] == 1, proxy  # picture only
         (stream,) = probed["streams"]
         assert (stream["codec_name"], stream["width"], stream["height"], stream["r_frame_rate"],
-                stream["nb_read_frames"]) == ("h264", 854, 480, "24000/1001", "72"), proxy
+                stream["nb_read_frames"]) == ("h264", WIDTH, HEIGHT, "24000/1001", "72"), proxy
         flags = [packet["flags"] for packet in probed["packets"]]
         assert len(flags) == 72 and all(flag.startswith("K") for flag in flags), proxy  # every frame a keyframe
 
@@ -309,7 +312,7 @@ def test_both_pictures_play_frame_locked_with_the_sound(browser_review, referenc
     the same frame (or the original one that looks the same), and the picture follows the sound."""
     fps = browser_review["fps"]
     prints, samples = browser_review["played"]["prints"], browser_review["played"]["samples"]
-    assert browser_review["canvas_sizes"] == [[854, 480], [854, 480]]
+    assert browser_review["canvas_sizes"] == [[WIDTH, HEIGHT], [WIDTH, HEIGHT]]
     shown = [_shown({"original": prints[s["original"]], "dub": prints[s["dub"]]}, references) for s in samples]
     apart = [min(abs(original - dub) for original in originals) for originals, dub in shown]
     assert max(apart) == 0, [(s["ms"], pictures) for s, pictures, a in zip(samples, shown, apart) if a]
@@ -468,8 +471,8 @@ def test_supplied_dialogue_is_in_the_mix_at_its_place_over_the_lipdub_picture(
     found_s = int(np.argmax(np.abs(correlation))) / rate
     assert abs(found_s - MARKER_S) <= 0.001, found_s
 
-    # The picture is the fr take's, H.264-encoded again (the smoke take is noise, ~3.8 levels apart
-    # between two encodes), not the de take's (~21) nor the source's (~53).
+    # The picture is the fr take's, H.264-encoded again (the smoke take is noise; measured on the small
+    # shot: 0.0 levels apart, x264 being reproducible), not the de take's (~25) nor the source's (~53).
     delivered = read_frames(pair / f"{SHOT}_fr.mp4").astype(int)
     take, other_take = (read_frames(first_run / SHOT / lang / f"{SHOT}_{lang}.mp4") for lang in ("fr", "de"))
     source = read_frames(review_manifest.parent / "shots" / f"{SHOT}.mov")

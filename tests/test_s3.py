@@ -173,13 +173,13 @@ def s3_manifest(path: Path, rows: list[tuple[str, str, str]]) -> Path:
 
 
 def test_s3_source_is_fetched_once_into_the_content_addressed_cache(
-    moto: MotoServer, relay: S3Relay, samples_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    moto: MotoServer, relay: S3Relay, small_samples_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cache = tmp_path / "cache"
     monkeypatch.setenv("DUBFLOW_CACHE", str(cache))
     monkeypatch.setenv("AWS_ENDPOINT_URL", relay.url)  # boto3 reads it itself: no endpoint passed below
     bucket = new_bucket(moto)
-    picture = (samples_dir / SHOT).read_bytes()
+    picture = (small_samples_dir / SHOT).read_bytes()
     digest = hashlib.sha256(picture).hexdigest()
     admin(moto).put_object(Bucket=bucket, Key="locked/sc01_sh010.mov", Body=picture)
     uri = f"s3://{bucket}/locked/sc01_sh010.mov"
@@ -206,24 +206,24 @@ def test_s3_source_is_fetched_once_into_the_content_addressed_cache(
 
 
 def test_a_download_cut_short_is_fetched_again(
-    moto: MotoServer, relay: S3Relay, samples_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    moto: MotoServer, relay: S3Relay, small_samples_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DUBFLOW_CACHE", str(tmp_path / "cache"))
     bucket = new_bucket(moto)
-    admin(moto).put_object(Bucket=bucket, Key="sh.mov", Body=(samples_dir / SHOT).read_bytes())
+    admin(moto).put_object(Bucket=bucket, Key="sh.mov", Body=(small_samples_dir / SHOT).read_bytes())
     relay.faults.append(Fault("GetObject", truncate=True))
     manifest = s3_manifest(tmp_path / "m.csv", [("sh1", f"s3://{bucket}/sh.mov", "")])
     shot = validate_manifest(manifest, endpoint_url=relay.url).shots["sh1"]
-    assert shot.sha256 == sha256_file(samples_dir / SHOT) == sha256_file(shot.source)
+    assert shot.sha256 == sha256_file(small_samples_dir / SHOT) == sha256_file(shot.source)
     assert relay.count("GetObject") == 2
 
 
 def test_s3_source_problems_say_row_column_what_and_fix(
-    moto: MotoServer, relay: S3Relay, samples_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    moto: MotoServer, relay: S3Relay, small_samples_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DUBFLOW_CACHE", str(tmp_path / "cache"))
     bucket = new_bucket(moto)
-    admin(moto).put_object(Bucket=bucket, Key="ok.mov", Body=(samples_dir / SHOT).read_bytes())
+    admin(moto).put_object(Bucket=bucket, Key="ok.mov", Body=(small_samples_dir / SHOT).read_bytes())
     admin(moto).put_object(Bucket=bucket, Key="notes.mov", Body=b"not a picture")
     manifest = s3_manifest(tmp_path / "m.csv", [
         ("ok", f"s3://{bucket}/ok.mov", ""),
@@ -247,9 +247,8 @@ def test_s3_source_problems_say_row_column_what_and_fix(
     assert "SECRETSIG" not in str(caught.value)
 
 
-def test_unreachable_endpoint_is_reported_once_not_retried_per_row(
-    samples_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_unreachable_endpoint_is_reported_once_not_retried_per_row(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DUBFLOW_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     dead = f"http://127.0.0.1:{free_port()}"
@@ -263,8 +262,7 @@ def test_unreachable_endpoint_is_reported_once_not_retried_per_row(
     assert time.monotonic() - started < 10
 
 
-def test_access_denied_is_clear_for_sources_and_deliveries(samples_dir: Path, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_access_denied_is_clear_for_sources_and_deliveries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """moto checks credentials and IAM policies after its first 4 requests: set-up uses those, then a
     user with no policy gets AccessDenied (403) for everything."""
     monkeypatch.setenv("DUBFLOW_CACHE", str(tmp_path / "cache"))
@@ -479,16 +477,16 @@ def test_endpoint_dying_mid_publish_leaves_no_manifest_and_a_rerun_finishes_with
 
 
 def test_run_from_s3_to_s3_and_no_credential_reaches_any_output(
-    prefect_server, moto: MotoServer, relay: S3Relay, samples_dir: Path, tmp_path: Path,
+    prefect_server, moto: MotoServer, relay: S3Relay, small_samples_dir: Path, tmp_path: Path,
     capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """`dubflow validate` then `dubflow run` with an s3:// source and --out s3://, under recognisable fake
     credentials that must appear in no output, log, artifact, run record, manifest or work file."""
     caplog.set_level(logging.INFO)
     sources, deliveries = new_bucket(moto), new_bucket(moto)
-    picture = (samples_dir / SHOT).read_bytes()
+    picture = (small_samples_dir / SHOT).read_bytes()
     admin(moto).put_object(Bucket=sources, Key="locked/sc01_sh010.mov", Body=picture)
-    sample = pd.read_csv(samples_dir / "manifest.csv", dtype=str, keep_default_na=False)
+    sample = pd.read_csv(small_samples_dir / "manifest.csv", dtype=str, keep_default_na=False)
     row = sample[(sample.shot_id == "sc01_sh010") & (sample.language == "fr")].iloc[0]
     manifest = tmp_path / "manifest.csv"
     pd.DataFrame([{"shot_id": "sc01_sh010", "source": f"s3://{sources}/locked/sc01_sh010.mov",
@@ -592,14 +590,14 @@ def test_stage_results_are_shared_through_the_remote_and_checked_on_the_way_back
 
 
 def test_a_run_on_another_machine_reuses_every_stage_from_the_remote(
-    prefect_server, moto: MotoServer, samples_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    prefect_server, moto: MotoServer, small_samples_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
     remote = f"s3://{new_bucket(moto)}/work"
-    sample = pd.read_csv(samples_dir / "manifest.csv", dtype=str, keep_default_na=False)
+    sample = pd.read_csv(small_samples_dir / "manifest.csv", dtype=str, keep_default_na=False)
     sample = sample[(sample.shot_id == "sc01_sh010") & (sample.language == "fr")].copy()
-    sample["source"] = [str(samples_dir / s) for s in sample.source]
+    sample["source"] = [str(small_samples_dir / s) for s in sample.source]
     manifest = tmp_path / "manifest.csv"
     sample.to_csv(manifest, index=False)
     common = ["--cache-remote", remote, "--endpoint-url", moto.url]
