@@ -462,7 +462,7 @@ def _endpoint_url(text: str) -> str:
 
 
 def _loudness(text: str) -> str:
-    from dubflow.media.audio import LoudnessProfileError, parse_loudness_profile
+    from dubflow.media.loudness_profiles import LoudnessProfileError, parse_loudness_profile
 
     try:
         return parse_loudness_profile(text).name
