@@ -6,8 +6,8 @@ The acceptance test starts `prefect server start` on a free loopback port with i
 creates both work pools of deploy/prefect.yaml (the Kubernetes one from
 deploy/k8s-gpu-job-template.json, which the server validates), starts a process worker, runs
 `prefect deploy --all` (the worker starting meanwhile), runs the on-demand deployment on one sample
-shot and one language with `prefect deployment run --watch`, and checks the delivery. Every subprocess gets an argument list
-and the test server's PREFECT_API_URL, and is stopped in a `finally`.
+shot and one language with `prefect deployment run --watch`, and checks the delivery. Every
+subprocess gets an argument list and the test server's PREFECT_API_URL, and is stopped in a `finally`.
 """
 
 from __future__ import annotations
