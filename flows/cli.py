@@ -278,14 +278,10 @@ def check_inputs(request: RunRequest) -> tuple[str, Manifest]:
 
 
 def check_profile(request: RunRequest) -> str | None:
-    """The model profile resolved as the run will (its weights present). Returns its notice.
+    """The model profile resolved as the run will (its weights present; the smoke models built on
+    first use). Returns its notice."""
+    from dubflow.models.profiles import ProfileError, resolve_profile
 
-    The smoke profile has nothing a user could get wrong: its tiny models are built (on first use)
-    by the flow, and their modules imported, while the temporary Prefect server starts, not before."""
-    from dubflow.models.profiles import SMOKE_NOTICE, ProfileError, resolve_profile
-
-    if request.profile == "smoke":
-        return SMOKE_NOTICE
     try:
         profile = resolve_profile(request.profile, remote_gpus=bool(request.cluster or os.environ.get("DUBFLOW_CLUSTER")))
     except ProfileError as exc:
@@ -297,8 +293,8 @@ def _run(request: RunRequest, started: float, verbose: bool, debug: bool, **opti
     _quiet_terminal(verbose, debug)
     try:
         run_id, manifest = check_inputs(request)
-        api_url = check_prefect_api()  # before the profile, whose check imports torch
-        notice = check_profile(request)
+        api_url = check_prefect_api()  # before the profile: the smoke profile's check imports the models
+        notice = check_profile(request)  # its first smoke build's bars: off by $HF_HUB_DISABLE_PROGRESS_BARS
     except InputError as exc:
         print(f"dubflow: {exc}", file=sys.stderr)
         return EXIT_INVALID_INPUT
