@@ -3,9 +3,9 @@
 `run` checks everything that can be checked before the flow starts (run id, `--out` writable, cache
 bounds, manifest, the remote cache's bucket, a configured Prefect API answering, model profile) and
 exits 2 with one message; only then does it start Prefect (a temporary server of its own when none
-is configured, which dies with this process) and load the models. The terminal gets one line per finished pair
-with a pairs-left counter, the summary table and the last line; Prefect's per-task logs only with
-`--verbose`, tracebacks only with `--debug`.
+is configured, which dies with this process) and load the models. The terminal gets one line per
+finished pair with a pairs-left counter, the summary table and the last line; Prefect's per-task
+logs only with `--verbose`, tracebacks only with `--debug`.
 """
 
 from __future__ import annotations
