@@ -1,11 +1,11 @@
 """The `dubflow` command line: sample, validate, run, demo, models, cache.
 
 `run` checks everything that can be checked before the flow starts (run id, `--out` writable, cache
-bounds, manifest, model profile, the remote cache's bucket) in plain Python and exits 2 with one
-message; only then does it start Prefect (a temporary server of its own when none is configured,
-which dies with this process) and load the models. The terminal gets one line per finished pair
-with a pairs-left counter, the summary table and the last line; Prefect's per-task logs only with
-`--verbose`, tracebacks only with `--debug`.
+bounds, manifest, the remote cache's bucket, a configured Prefect API answering, model profile) and
+exits 2 with one message; only then does it start Prefect (a temporary server of its own when none
+is configured, which dies with this process) and load the models. The terminal gets one line per
+finished pair with a pairs-left counter, the summary table and the last line; Prefect's per-task
+logs only with `--verbose`, tracebacks only with `--debug`.
 """
 
 from __future__ import annotations
@@ -293,6 +293,7 @@ def _run(request: RunRequest, started: float, verbose: bool, debug: bool, **opti
     _quiet_terminal(verbose, debug)
     try:
         run_id, manifest = check_inputs(request)
+        api_url = check_prefect_api()  # before the profile: the smoke profile's check imports the models
         notice = check_profile(request)  # its first smoke build's bars: off by $HF_HUB_DISABLE_PROGRESS_BARS
     except InputError as exc:
         print(f"dubflow: {exc}", file=sys.stderr)
@@ -301,18 +302,29 @@ def _run(request: RunRequest, started: float, verbose: bool, debug: bool, **opti
           f"{request.profile} profile")
     if notice:
         print(notice)
-    from dubflow.flows.prefect_server import ApiUnreachableError
-
-    try:
-        return _run_flow(request, run_id, started, verbose, **options)
-    except ApiUnreachableError as exc:
-        print(f"dubflow: {exc}", file=sys.stderr)
-        return EXIT_INVALID_INPUT
+    return _run_flow(request, run_id, started, verbose, api_url, **options)
 
 
-def _run_flow(request: RunRequest, run_id: str, started: float, verbose: bool, **options: object) -> int:
+def check_prefect_api() -> str | None:
+    """The configured Prefect API ($PREFECT_API_URL or the Prefect profile's), which must answer; None
+    when none is configured (the run then starts a temporary server of its own)."""
+    from prefect.settings import get_current_settings
+
+    from dubflow.flows.prefect_server import ApiUnreachableError, check_reachable
+
+    configured = get_current_settings().api.url
+    if configured:
+        try:
+            check_reachable(configured)
+        except ApiUnreachableError as exc:
+            raise InputError(str(exc)) from None
+    return configured
+
+
+def _run_flow(request: RunRequest, run_id: str, started: float, verbose: bool, api_url: str | None,
+              **options: object) -> int:
     """The flow, on the configured Prefect API or a temporary server, with SIGTERM stopping it."""
-    with _stopped_by_sigterm(), _prefect_api() as api_ready:
+    with _stopped_by_sigterm(), _prefect_api(api_url) as api_ready:
         from dubflow.flows.localize import run_localization  # torch, diffusers: while the server starts
 
         from prefect.exceptions import TerminationSignal
@@ -373,17 +385,14 @@ def _stopped_by_sigterm() -> Iterator[None]:
 
 
 @contextmanager
-def _prefect_api() -> Iterator:
-    """Prefect's API for the run: the configured one ($PREFECT_API_URL or the Prefect profile's), else
-    a temporary server of our own that dies with this process. Yields a function that waits until the
-    API answers."""
-    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+def _prefect_api(configured: str | None) -> Iterator:
+    """Prefect's API for the run: the configured one (checked by `check_prefect_api`), else a temporary
+    server of our own that dies with this process. Yields a function that waits until the API answers."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from dubflow.flows.prefect_server import TemporaryServer, check_reachable
+    from dubflow.flows.prefect_server import TemporaryServer
 
-    configured = get_current_settings().api.url
     if configured:
-        check_reachable(configured)
         yield lambda: None
         return
     server = TemporaryServer()
@@ -462,7 +471,7 @@ def _endpoint_url(text: str) -> str:
 
 
 def _loudness(text: str) -> str:
-    from dubflow.media.audio import LoudnessProfileError, parse_loudness_profile
+    from dubflow.media.loudness_profiles import LoudnessProfileError, parse_loudness_profile
 
     try:
         return parse_loudness_profile(text).name

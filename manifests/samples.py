@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -190,24 +191,41 @@ def mouth_open(envelope: np.ndarray, frame_index: int, fps: Fraction) -> float:
 
 def draw_face_frame(shot: SampleShot, frame_index: int, mouth: float) -> np.ndarray:
     h, w = shot.height, shot.width
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     t = float(frame_index / shot.fps)
+    frame = _background(h, w).copy()
+    cx = w * (0.5 + 0.15 * np.sin(2 * np.pi * 0.2 * t))
+    cy = h * 0.5
+    rx, ry = 0.14 * h, 0.19 * h
+    mouth_h = 0.03 * ry + 0.25 * ry * mouth
+    # The face, its eyes and its mouth lie inside this box: the shapes are evaluated on its pixels
+    # only (one pixel of margin), with the same float32 arithmetic as on a whole-frame grid.
+    left, right = int(cx - rx) - 1, int(cx + rx) + 2
+    top, bottom = int(cy - ry) - 1, int(max(cy + ry, cy + 0.45 * ry + mouth_h)) + 2
+    left, top, right, bottom = max(left, 0), max(top, 0), min(right, w), min(bottom, h)
+    x = np.arange(left, right, dtype=np.float32)[np.newaxis, :]
+    y = np.arange(top, bottom, dtype=np.float32)[:, np.newaxis]
+    box = frame[top:bottom, left:right]
+    face = ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1
+    box[face] = (224, 180, 150)
+    for side in (-1, 1):
+        eye = ((x - cx - side * 0.4 * rx) / (0.14 * rx)) ** 2 + ((y - cy + 0.3 * ry) / (0.08 * ry)) ** 2 <= 1
+        box[eye] = (30, 30, 40)
+    lips = ((x - cx) / (0.4 * rx)) ** 2 + ((y - cy - 0.45 * ry) / mouth_h) ** 2 <= 1
+    box[lips] = (120, 20, 30)
+    return frame
+
+
+@lru_cache(maxsize=8)
+def _background(h: int, w: int) -> np.ndarray:
+    """The gradient behind the face, the same in every frame of a shot (read-only: copy it to draw)."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     frame = np.empty((h, w, 3), np.float32)
     frame[..., 0] = 40 + 60 * y / h
     frame[..., 1] = 50 + 40 * x / w
     frame[..., 2] = 90
-    cx = w * (0.5 + 0.15 * np.sin(2 * np.pi * 0.2 * t))
-    cy = h * 0.5
-    rx, ry = 0.14 * h, 0.19 * h
-    face = ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1
-    frame[face] = (224, 180, 150)
-    for side in (-1, 1):
-        eye = ((x - cx - side * 0.4 * rx) / (0.14 * rx)) ** 2 + ((y - cy + 0.3 * ry) / (0.08 * ry)) ** 2 <= 1
-        frame[eye] = (30, 30, 40)
-    mouth_h = 0.03 * ry + 0.25 * ry * mouth
-    lips = ((x - cx) / (0.4 * rx)) ** 2 + ((y - cy - 0.45 * ry) / mouth_h) ** 2 <= 1
-    frame[lips] = (120, 20, 30)
-    return frame.astype(np.uint8)
+    background = frame.astype(np.uint8)
+    background.flags.writeable = False
+    return background
 
 
 def _resonator(x: np.ndarray, freq: float, bandwidth: float) -> np.ndarray:

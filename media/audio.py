@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
 
@@ -14,6 +13,20 @@ import torch
 from scipy import ndimage, signal
 
 from dubflow.media.io import DELIVERY_SAMPLE_RATE
+# The loudness profiles live in their own light module (the command line parses them); the stages and
+# tests name them from here too.
+from dubflow.media.loudness_profiles import (  # noqa: F401
+    ATSC_A85,
+    CUSTOM_SYNTAX,
+    DIALOGUE_GATING_NOTE,
+    EBU_R128,
+    LOUDNESS_PROFILES,
+    NETFLIX,
+    STREAMING,
+    LoudnessProfile,
+    LoudnessProfileError,
+    parse_loudness_profile,
+)
 MIN_GATED_SECONDS = 0.4  # BS.1770 needs one 400 ms block before integrated loudness means anything
 
 
@@ -81,73 +94,6 @@ def integrated_loudness(audio: np.ndarray, sample_rate: int) -> float | None:
         raise ValueError(f"loudness of {audio.shape[0]} channels is not defined here; use mono, stereo or 5.1")
     value = pyloudnorm.Meter(sample_rate).integrated_loudness(audio.T)
     return None if not math.isfinite(value) else float(value)
-
-
-class LoudnessProfileError(ValueError):
-    """A loudness profile name or custom target that dubflow cannot use."""
-
-
-@dataclass(frozen=True)
-class LoudnessProfile:
-    """A delivery loudness: integrated target, tolerance, true-peak ceiling, and what is measured."""
-
-    name: str
-    target_lufs: float
-    tolerance_lu: float
-    max_true_peak_dbtp: float
-    dialogue_gated: bool = False  # measured over the dialogue regions (found in the DX stem), not the whole mix
-
-    @property
-    def measured_on(self) -> str:
-        if self.dialogue_gated:
-            return (f"dialogue regions of the mix, found in the DX stem — {DIALOGUE_GATING_NOTE}")
-        return "full mix, BS.1770-4 gated"
-
-    def describe(self) -> str:
-        return (f"{self.name}: {self.target_lufs:g} LUFS ± {self.tolerance_lu:g} LU, true peak ≤ "
-                f"{self.max_true_peak_dbtp:g} dBTP, measured on the {self.measured_on}")
-
-
-DIALOGUE_GATING_NOTE = (
-    "an approximation of Dolby dialogue gating (Dolby Dialogue Intelligence finds speech in the mix; "
-    "dubflow takes the speech regions from the DX stem it has)"
-)
-EBU_R128 = LoudnessProfile("ebu-r128", -23.0, 0.5, -1.0)
-NETFLIX = LoudnessProfile("netflix", -27.0, 2.0, -2.0, dialogue_gated=True)
-ATSC_A85 = LoudnessProfile("atsc-a85", -24.0, 2.0, -2.0)
-STREAMING = LoudnessProfile("streaming", -16.0, 1.0, -1.0)
-LOUDNESS_PROFILES: dict[str, LoudnessProfile] = {p.name: p for p in (EBU_R128, NETFLIX, ATSC_A85, STREAMING)}
-CUSTOM_SYNTAX = "custom:TARGET_LUFS:TOLERANCE_LU:MAX_TRUE_PEAK_DBTP[:dialogue]"
-
-
-def parse_loudness_profile(text: str) -> LoudnessProfile:
-    """A named profile (`ebu-r128`, `netflix`, `atsc-a85`, `streaming`) or a custom target.
-
-    Custom: ``custom:TARGET_LUFS:TOLERANCE_LU:MAX_TRUE_PEAK_DBTP`` measured on the full mix, e.g.
-    ``custom:-20:1:-1``; add ``:dialogue`` to measure dialogue-gated like `netflix`, e.g.
-    ``custom:-24:2:-2:dialogue``.
-    """
-    text = text.strip()
-    if text in LOUDNESS_PROFILES:
-        return LOUDNESS_PROFILES[text]
-    choices = f"use one of {', '.join(LOUDNESS_PROFILES)} or {CUSTOM_SYNTAX} (e.g. custom:-20:1:-1)"
-    if not text.startswith("custom:"):
-        raise LoudnessProfileError(f"unknown loudness profile {text!r}: {choices}")
-    fields = text.split(":")[1:]
-    gated = len(fields) == 4 and fields[3] == "dialogue"
-    if len(fields) not in (3, 4) or (len(fields) == 4 and not gated):
-        raise LoudnessProfileError(f"loudness profile {text!r} is not {CUSTOM_SYNTAX}")
-    try:
-        target, tolerance, peak = (float(field) for field in fields[:3])
-    except ValueError:
-        raise LoudnessProfileError(f"loudness profile {text!r}: target, tolerance and peak must be numbers ({CUSTOM_SYNTAX})") from None
-    if not -70.0 < target < 0.0:
-        raise LoudnessProfileError(f"loudness profile {text!r}: target {target:g} LUFS must lie between -70 and 0")
-    if not 0.0 < tolerance <= 10.0:
-        raise LoudnessProfileError(f"loudness profile {text!r}: tolerance {tolerance:g} LU must be above 0 and at most 10")
-    if not -20.0 <= peak <= 0.0:
-        raise LoudnessProfileError(f"loudness profile {text!r}: true-peak ceiling {peak:g} dBTP must lie between -20 and 0")
-    return LoudnessProfile(text, target, tolerance, peak, dialogue_gated=gated)
 
 
 # Dialogue activity: 20 ms frames, active within 35 dB of the loudest frame and above -70 dBFS (the

@@ -4,10 +4,10 @@ templating and settings, the dask CLI, YAML).
 
 The acceptance test starts `prefect server start` on a free loopback port with its own PREFECT_HOME,
 creates both work pools of deploy/prefect.yaml (the Kubernetes one from
-deploy/k8s-gpu-job-template.json, which the server validates), runs `prefect deploy --all`, starts a
-process worker, runs the on-demand deployment on one sample shot and one language with
-`prefect deployment run --watch`, and checks the delivery. Every subprocess gets an argument list
-and the test server's PREFECT_API_URL, and is stopped in a `finally`.
+deploy/k8s-gpu-job-template.json, which the server validates), starts a process worker, runs
+`prefect deploy --all` (the worker starting meanwhile), runs the on-demand deployment on one sample
+shot and one language with `prefect deployment run --watch`, and checks the delivery. Every
+subprocess gets an argument list and the test server's PREFECT_API_URL, and is stopped in a `finally`.
 """
 
 from __future__ import annotations
@@ -84,6 +84,22 @@ def _run(args: list[str], env: dict[str, str], timeout: float, cwd: Path = REPO)
     return result
 
 
+def _run_together(commands: list[list[str]], env: dict[str, str], timeout: float) -> None:
+    """Commands that do not depend on each other, run at once (each CLI call spends seconds starting);
+    every one must succeed."""
+    processes = [subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for args in commands]
+    try:
+        for args, process in zip(commands, processes):
+            stdout, stderr = process.communicate(timeout=timeout)
+            assert process.returncode == 0, f"{' '.join(args)} exited {process.returncode}\n{stdout}\n{stderr}"
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+
+
 @pytest.fixture(scope="module")
 def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
     """A real Prefect server on a free loopback port; yields its API URL and the environment every
@@ -147,44 +163,45 @@ def test_deployments_run_on_a_real_server_and_worker(prefect_api, one_pair_manif
     process_pool, k8s_pool = on_demand["work_pool"]["name"], nightly["work_pool"]["name"]
     started = time.monotonic()
 
-    _run([str(PREFECT), "work-pool", "create", process_pool, "--type", "process"], env, 120)
-    # The server refuses a base job template whose job configuration uses a variable the
-    # variables schema does not declare; the kubernetes type is known to it without
-    # prefect-kubernetes installed (from the collection registry it ships).
-    _run([str(PREFECT), "work-pool", "create", k8s_pool, "--type", "kubernetes",
-          "--base-job-template", str(K8S_TEMPLATE)], env, 120)
+    # The two pools, created at once. The server refuses a base job template whose job
+    # configuration uses a variable the variables schema does not declare; the kubernetes type is
+    # known to it without prefect-kubernetes installed (from the collection registry it ships).
+    _run_together([[str(PREFECT), "work-pool", "create", process_pool, "--type", "process"],
+                   [str(PREFECT), "work-pool", "create", k8s_pool, "--type", "kubernetes",
+                    "--base-job-template", str(K8S_TEMPLATE)]], env, 120)
     pool = httpx.get(f"{api}/work_pools/{k8s_pool}", timeout=30).json()
     assert pool["type"] == "kubernetes"
     assert pool["base_job_template"] == json.loads(K8S_TEMPLATE.read_text())
-
-    # From the repository root, as deploy/README.md says; DUBFLOW_IMAGE fills the nightly
-    # deployment's image (the server checks it against the pool's variables schema).
-    _run([str(PREFECT), "deploy", "--all", "--prefect-file", str(PREFECT_FILE.relative_to(REPO)), "--no-prompt"],
-         {**env, "DUBFLOW_IMAGE": TEST_IMAGE}, 300)
-    deployed = time.monotonic()
-
-    got = httpx.get(f"{api}/deployments/name/localize/nightly", timeout=30).json()
-    assert got["work_pool_name"] == k8s_pool
-    assert got["job_variables"] == {"image": TEST_IMAGE}
-    assert got["parameters"]["manifest"] == "/data/manifests/nightly/manifest.csv"
-    assert got["parameters"]["profile"] == "ltx-2.3"
-    ((schedule),) = got["schedules"]
-    assert schedule["active"] is True
-    assert schedule["schedule"]["cron"] == "0 2 * * *" and schedule["schedule"]["timezone"] == "UTC"
-    demand = httpx.get(f"{api}/deployments/name/localize/on-demand", timeout=30).json()
-    assert demand["work_pool_name"] == process_pool and demand["schedules"] == []
-    assert demand["entrypoint"] == "dubflow.flows.localize.localize" and demand["pull_steps"] == []
 
     out = tmp_path / "deliveries"
     worker_log = tmp_path / "worker.log"
     with worker_log.open("w") as log:
         # Started outside the repository: the deployment imports the installed package and needs
-        # no checkout as its working directory.
+        # no checkout as its working directory. It starts while the deployments are made, as a
+        # worker already serving its pool would be: it finds the run once there is one.
         worker = subprocess.Popen(
             [str(PREFECT), "worker", "start", "--pool", process_pool, "--name", "deploy-test-worker"],
             env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
+        # From the repository root, as deploy/README.md says; DUBFLOW_IMAGE fills the nightly
+        # deployment's image (the server checks it against the pool's variables schema).
+        _run([str(PREFECT), "deploy", "--all", "--prefect-file", str(PREFECT_FILE.relative_to(REPO)), "--no-prompt"],
+             {**env, "DUBFLOW_IMAGE": TEST_IMAGE}, 300)
+        deployed = time.monotonic()
+
+        got = httpx.get(f"{api}/deployments/name/localize/nightly", timeout=30).json()
+        assert got["work_pool_name"] == k8s_pool
+        assert got["job_variables"] == {"image": TEST_IMAGE}
+        assert got["parameters"]["manifest"] == "/data/manifests/nightly/manifest.csv"
+        assert got["parameters"]["profile"] == "ltx-2.3"
+        ((schedule),) = got["schedules"]
+        assert schedule["active"] is True
+        assert schedule["schedule"]["cron"] == "0 2 * * *" and schedule["schedule"]["timezone"] == "UTC"
+        demand = httpx.get(f"{api}/deployments/name/localize/on-demand", timeout=30).json()
+        assert demand["work_pool_name"] == process_pool and demand["schedules"] == []
+        assert demand["entrypoint"] == "dubflow.flows.localize.localize" and demand["pull_steps"] == []
+
         params = {"manifest": str(one_pair_manifest), "out": str(out), "languages": [LANGUAGE], "run_id": RUN_ID}
         run = subprocess.run(
             [str(PREFECT), "deployment", "run", "localize/on-demand", "--watch", "--watch-timeout", "300",
