@@ -7,6 +7,7 @@ for every take it runs; and the results are identical to the thread runner's.
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import dask
 import pandas as pd
 import pytest
 import torch
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, wait
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
 
@@ -33,6 +34,10 @@ def _worker_state() -> dict:
             "leases": sum(sum(record.leases.values()) for record in lease_records().values())}
 
 
+def _import_stages() -> None:
+    importlib.import_module("dubflow.flows.localize")
+
+
 @pytest.fixture(scope="module")
 def two_gpu_cluster():
     # Dask's nanny pins worker processes to one BLAS/OpenMP thread; CPU kernels with another thread
@@ -42,8 +47,15 @@ def two_gpu_cluster():
     environ = {name: threads for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
         with LocalCluster(n_workers=2, threads_per_worker=2, processes=True, resources={"GPU": 1},
-                          host="127.0.0.1", dashboard_address=None) as cluster:
+                          host="127.0.0.1", dashboard_address=None) as cluster, Client(cluster) as client:
+            # Each worker imports the stages' modules (torch, diffusers, Prefect: seconds of CPU) while
+            # the test computes its thread-runner reference, as a long-lived GPU worker has them
+            # imported before a run comes. Importing loads no model: the load counts stay the test's.
+            client.wait_for_workers(2)
+            importing = [client.submit(_import_stages, workers=[worker], pure=False)
+                         for worker in client.scheduler_info(n_workers=-1)["workers"]]
             yield cluster
+            wait(importing)  # held until here: a released future may be cancelled
 
 
 @pytest.fixture(scope="module")

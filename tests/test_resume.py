@@ -209,7 +209,7 @@ def test_a_killed_run_is_completed_by_the_next_without_redoing_finished_pairs(
         return [p for p in lipdub_results.glob("*/result.json") if not p.parent.name.startswith(".")]
 
     env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_API")}
-    env["PREFECT_API_URL"] = get_current_settings().api.url  # the session's server
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_API_URL=get_current_settings().api.url)
     killed = subprocess.Popen([sys.executable, "-m", "dubflow.flows.cli", *arguments], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
