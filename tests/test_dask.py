@@ -15,7 +15,7 @@ import dask
 import pandas as pd
 import pytest
 import torch
-from distributed import Client, LocalCluster, wait
+from distributed import Client, LocalCluster, fire_and_forget
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
 
@@ -47,15 +47,17 @@ def two_gpu_cluster():
     environ = {name: threads for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
         with LocalCluster(n_workers=2, threads_per_worker=2, processes=True, resources={"GPU": 1},
-                          host="127.0.0.1", dashboard_address=None) as cluster, Client(cluster) as client:
+                          host="127.0.0.1", dashboard_address=None) as cluster:
             # Each worker imports the stages' modules (torch, diffusers, Prefect: seconds of CPU) while
             # the test computes its thread-runner reference, as a long-lived GPU worker has them
             # imported before a run comes. Importing loads no model: the load counts stay the test's.
-            client.wait_for_workers(2)
-            importing = [client.submit(_import_stages, workers=[worker], pure=False)
-                         for worker in client.scheduler_info(n_workers=-1)["workers"]]
+            # The client is closed at once: while a default Dask client exists in this process,
+            # prefect-dask connects to its cluster whatever address a run names.
+            with Client(cluster) as client:
+                client.wait_for_workers(2)
+                fire_and_forget([client.submit(_import_stages, workers=[worker], pure=False)
+                                 for worker in client.scheduler_info(n_workers=-1)["workers"]])
             yield cluster
-            wait(importing)  # held until here: a released future may be cancelled
 
 
 @pytest.fixture(scope="module")
