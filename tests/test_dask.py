@@ -7,7 +7,6 @@ for every take it runs; and the results are identical to the thread runner's.
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import dask
 import pandas as pd
 import pytest
 import torch
-from distributed import Client, LocalCluster, fire_and_forget
+from distributed import Client, LocalCluster
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
 
@@ -34,10 +33,6 @@ def _worker_state() -> dict:
             "leases": sum(sum(record.leases.values()) for record in lease_records().values())}
 
 
-def _import_stages() -> None:
-    importlib.import_module("dubflow.flows.localize")
-
-
 @pytest.fixture(scope="module")
 def two_gpu_cluster():
     # Dask's nanny pins worker processes to one BLAS/OpenMP thread; CPU kernels with another thread
@@ -48,15 +43,6 @@ def two_gpu_cluster():
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
         with LocalCluster(n_workers=2, threads_per_worker=2, processes=True, resources={"GPU": 1},
                           host="127.0.0.1", dashboard_address=None) as cluster:
-            # Each worker imports the stages' modules (torch, diffusers, Prefect: seconds of CPU) while
-            # the test computes its thread-runner reference, as a long-lived GPU worker has them
-            # imported before a run comes. Importing loads no model: the load counts stay the test's.
-            # The client is closed at once: while a default Dask client exists in this process,
-            # prefect-dask connects to its cluster whatever address a run names.
-            with Client(cluster) as client:
-                client.wait_for_workers(2)
-                fire_and_forget([client.submit(_import_stages, workers=[worker], pure=False)
-                                 for worker in client.scheduler_info(n_workers=-1)["workers"]])
             yield cluster
 
 
