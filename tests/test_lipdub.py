@@ -529,15 +529,18 @@ def test_fp8_weight_storage_keeps_shapes_and_stays_close(smoke_weights: Path, lo
     assert not np.array_equal(approx.frames, exact.frames)  # the weights really changed precision
 
 
-def test_a_shots_languages_share_one_reference_encoding_through_the_task(samples_dir: Path, tmp_path: Path) -> None:
-    """The stage function as the flow calls it, once per (shot, language): the shot is encoded once."""
+def test_a_shots_languages_share_one_reference_encoding_through_the_task(small_samples_dir: Path,
+                                                                       tmp_path: Path) -> None:
+    """The stage function as the flow calls it, once per (shot, language): the shot is encoded once.
+    The small sample shots: how often a shot is encoded, and the takes' frame counts and rates, do
+    not depend on the picture's size."""
     from dubflow.models.profiles import load_lipdub, resolve_profile
     from dubflow.tasks.conform import conform_shot
     from dubflow.tasks.lipdub import lipdub_pair
     from dubflow.media.io import probe
     from dubflow.tasks.validate import validate_manifest
 
-    manifest = validate_manifest(samples_dir / "manifest.csv")
+    manifest = validate_manifest(small_samples_dir / "manifest.csv")
     shot_id, rows = next((s, [r for r in manifest.rows if r.shot_id == s]) for s in manifest.shots
                          if sum(r.shot_id == s for r in manifest.rows) >= 3)
     shot = manifest.shots[shot_id]

@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.settings import get_current_settings
 
 from dubflow.flows.cli import main
 from dubflow.flows.localize import localize
@@ -190,37 +191,45 @@ def test_a_script_edit_recomputes_only_its_pair(first_run, small_samples_dir: Pa
     assert "Schlüssel geblieben" in (out / "edited" / SHOT / "de" / f"{SHOT}_de.srt").read_text(encoding="utf-8")
 
 
-def test_a_killed_run_is_completed_by_the_next_without_redoing_finished_pairs(small_samples_dir: Path,
-                                                                           tmp_path: Path) -> None:
-    """`dubflow run` in its own process group (it starts its own temporary Prefect server), killed
-    with SIGKILL as soon as it has stored its first LipDub result, then the same command again."""
+def test_a_killed_run_is_completed_by_the_next_without_redoing_finished_pairs(
+    prefect_server, small_samples_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`dubflow run` in its own process, killed with SIGKILL as soon as it has stored its first LipDub
+    result, then the same command again, here (this process has torch, diffusers and Prefect imported
+    already). Both use the session's Prefect server: what the next run must find is the stage cache
+    the killed one left on disk (test_cli kills runs with their own temporary server)."""
     manifest = _manifest(small_samples_dir, tmp_path / "manifest")
     cache, out = tmp_path / "cache", tmp_path / "out"
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_API")}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect"), DUBFLOW_CACHE=str(cache))
-    command = [sys.executable, "-m", "dubflow.flows.cli", "run", str(manifest), "--out", str(out), "--run-id", "r"]
+    monkeypatch.setenv("DUBFLOW_CACHE", str(cache))
+    arguments = ["run", str(manifest), "--out", str(out), "--run-id", "r"]
     lipdub_results = cache / "work" / "lipdub"
 
     def stored_takes() -> list[Path]:
         return [p for p in lipdub_results.glob("*/result.json") if not p.parent.name.startswith(".")]
 
-    killed = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_API")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_API_URL=get_current_settings().api.url)
+    killed = subprocess.Popen([sys.executable, "-m", "dubflow.flows.cli", *arguments], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + CRASH_WAIT_S
         while not stored_takes() and killed.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
         with contextlib.suppress(ProcessLookupError):  # the group is gone when the run ended by itself
-            os.killpg(killed.pid, signal.SIGKILL)  # the run and its Prefect server
+            os.killpg(killed.pid, signal.SIGKILL)
         output = killed.communicate()[0].decode(errors="replace")
     assert killed.returncode == -signal.SIGKILL, f"the run ended before it was killed:\n{output}"
     finished = len(stored_takes())
     assert finished >= 1, f"no LipDub result within {CRASH_WAIT_S} s:\n{output}"
     assert not (out / "r").exists()  # nothing was published by the killed run
 
-    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    computed, reused = _parse_counts(rerun.stdout + rerun.stderr)
+    capsys.readouterr()
+    caplog.set_level(logging.INFO)
+    code = main(arguments)
+    printed = capsys.readouterr()
+    assert code == 0, printed.out + printed.err
+    computed, reused = _parse_counts(printed.out + printed.err + caplog.text)
     assert reused.get("lipdub", 0) == finished and computed.get("lipdub", 0) == 2 - finished
     assert len(_deliverables(out / "r")) == 2 * 7 + 1  # per pair: mp4, mix, dx, srt, vtt, qc json + txt; one M&E
