@@ -17,6 +17,7 @@ import json
 import math
 import re
 import subprocess
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -380,12 +381,23 @@ def declared_priming(path: Path) -> list[int]:
     return priming
 
 
-def first_frame_time(path: Path, selector: str) -> Fraction:
-    """Presentation time of the first decoded frame of stream `selector` ("v:0", "a:0"), exact."""
-    info = ffprobe_json(path, "-select_streams", selector, "-show_entries", "frame=best_effort_timestamp:stream=time_base", "-show_frames",
-                        "-show_streams")
-    time_base = Fraction(info["streams"][0]["time_base"])
-    return int(info["frames"][0]["best_effort_timestamp"]) * time_base
+def first_frame_times(path: Path) -> dict[str, Fraction]:
+    """Presentation time of the first decoded frame of every stream that decodes, exact, by stream
+    specifier ("v:0", "a:0", "a:1", ...): one ffprobe decodes all the streams once (each stream's
+    frames are what decoding it alone gives)."""
+    info = ffprobe_json(path, "-show_entries", "frame=stream_index,best_effort_timestamp:stream=index,codec_type,time_base",
+                        "-show_frames", "-show_streams")
+    specifiers, time_bases, counts = {}, {}, Counter()
+    for stream in info["streams"]:
+        kind = stream["codec_type"][0]  # v(ideo), a(udio), d(ata), s(ubtitle): ffprobe's specifier letters
+        specifiers[stream["index"]] = f"{kind}:{counts[kind]}"
+        counts[kind] += 1
+        time_bases[stream["index"]] = Fraction(stream["time_base"])
+    times: dict[str, Fraction] = {}
+    for frame in info["frames"]:
+        index = frame["stream_index"]
+        times.setdefault(specifiers[index], int(frame["best_effort_timestamp"]) * time_bases[index])
+    return times
 
 
 def decode_audio(path: Path, stream: int = 0, rate: int = RATE) -> np.ndarray:
@@ -434,7 +446,8 @@ def marker_on_picture_timeline(path: Path, stream: int = 0) -> float:
     """Seconds from the first displayed frame to the marker in audio stream `stream` of a picture
     file, all measured by ffprobe/ffmpeg: the audio's first sample against the first frame, plus
     where the burst lies in the decoded audio."""
-    start = first_frame_time(path, f"a:{stream}") - first_frame_time(path, "v:0")
+    first = first_frame_times(path)
+    start = first[f"a:{stream}"] - first["v:0"]
     return float(start) + find_marker(decode_audio(path, stream))
 
 

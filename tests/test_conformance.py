@@ -14,10 +14,12 @@ dubflow, and every delivered file measured again with ffprobe / ffmpeg, never wi
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from fractions import Fraction
@@ -69,6 +71,14 @@ class Source:
     marker_s: float  # picture time of the sync marker
 
 
+@pytest.fixture(scope="session")
+def sources(corpus) -> Callable[[Case], Source]:
+    """A case's source as ffprobe and ffmpeg measure it, measured on first use and kept for the
+    session (the corpus is read-only): the corpus guard and the delivery checks compare with the
+    same figures, and a case that cannot be measured fails only the tests of that case."""
+    return functools.cache(lambda case: measure_source(case, corpus[case.name]))
+
+
 def measure_source(case: Case, path: Path) -> Source:
     sounds = probe_sounds(path)
     # discrete mono tracks make one soundtrack; otherwise the first track is the production mix
@@ -97,11 +107,11 @@ def picture_samples_48k(frames: int, fps: Fraction) -> int:
 
 
 @pytest.mark.parametrize("case", [c for c in DELIVERED if c.after is None], ids=lambda c: c.name)
-def test_the_corpus_is_what_it_was_made_to_be(corpus, case: Case) -> None:
+def test_the_corpus_is_what_it_was_made_to_be(corpus, sources, case: Case) -> None:
     """A guard on the generator: ffmpeg wrote the frames, rate and marker the case asks for (the
     marker within 10 ms: lossy codecs' priming moves it a little; where ffmpeg plays it is the truth
     every later check compares with)."""
-    source = measure_source(case, corpus[case.name])
+    source = sources(case)
     assert (source.picture.frames, source.picture.rate) == (case.frames, case.fps)
     assert abs(source.marker_s - float(case.marker_at)) < 0.010, source.marker_s
     if case.audio_delay:
@@ -236,11 +246,11 @@ def check_wav_matches(source: Source, path: Path, carries_marker: bool = True) -
 
 
 @pytest.mark.parametrize("case", DELIVERED, ids=lambda c: c.name)
-def test_every_case_is_delivered_exactly(delivery, corpus, case: Case) -> None:
+def test_every_case_is_delivered_exactly(delivery, sources, case: Case) -> None:
     run_dir, pairs = delivery
     pair = pairs.get(case.name)
     assert pair is not None and pair["status"] == "delivered", pair
-    source = measure_source(case, corpus[case.name])
+    source = sources(case)
     pair_dir = run_dir / case.name / LANGUAGE
     prefix = f"{case.name}_{LANGUAGE}"
     summary = (pair_dir / f"{prefix}_qc.txt").read_text(encoding="utf-8")

@@ -1,4 +1,6 @@
-"""Separation, remix and QC on the sample shots through the real stage functions (smoke separator),
+"""Separation, remix and QC on the sample shots (`small_samples_dir`: their sound, frame counts and
+rates, at a quarter of the picture size, which no check here depends on) through the real stage
+functions (smoke separator),
 with the LipDub take stood in by the source picture and a generated-audio file made of the known
 dialogue stem plus regenerated ambience, as LipDub writes it (16 kHz stereo). Then faults are
 planted in copies of a good delivery and QC must report each with the value it measured."""
@@ -40,8 +42,8 @@ def separator(tmp_path_factory: pytest.TempPathFactory) -> SeparatorSpec:
 
 
 @pytest.fixture(scope="module")
-def manifest(samples_dir: Path):
-    return validate_manifest(samples_dir / "manifest.csv")
+def manifest(small_samples_dir: Path):
+    return validate_manifest(small_samples_dir / "manifest.csv")
 
 
 def _row(manifest, shot_id: str, language: str) -> ManifestRow:
@@ -82,13 +84,13 @@ def _deliver(samples_dir, manifest, separator, shot_id, language, work: Path) ->
 
 
 @pytest.fixture(scope="module")
-def stereo_pair(samples_dir, manifest, separator, tmp_path_factory) -> dict:
-    return _deliver(samples_dir, manifest, separator, "sc01_sh010", "fr", tmp_path_factory.mktemp("stereo"))
+def stereo_pair(small_samples_dir, manifest, separator, tmp_path_factory) -> dict:
+    return _deliver(small_samples_dir, manifest, separator, "sc01_sh010", "fr", tmp_path_factory.mktemp("stereo"))
 
 
 @pytest.fixture(scope="module")
-def surround_pair(samples_dir, manifest, separator, tmp_path_factory) -> dict:
-    return _deliver(samples_dir, manifest, separator, "sc02_sh010", "de", tmp_path_factory.mktemp("surround"))
+def surround_pair(small_samples_dir, manifest, separator, tmp_path_factory) -> dict:
+    return _deliver(small_samples_dir, manifest, separator, "sc02_sh010", "de", tmp_path_factory.mktemp("surround"))
 
 
 # -- separation and remix -------------------------------------------------------------------------------
