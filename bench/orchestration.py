@@ -107,7 +107,7 @@ def plain_run(manifest: Path, out: Path, run_id: str, threaded: bool, profile_na
 
     from dubflow.flows.localize import run_info, runner_threads
     from dubflow.models.profiles import cache_dir, resolve_profile
-    from dubflow.media.audio import parse_loudness_profile
+    from dubflow.media.loudness_profiles import parse_loudness_profile
     from dubflow.tasks.conform import ConformedShot, conform_key, conform_shot
     from dubflow.tasks.lipdub import DubbedTake, lipdub_identity, lipdub_key, lipdub_pair
     from dubflow.tasks.mux import mux_key, mux_pair

@@ -36,7 +36,7 @@ from dubflow.manifests.schema import ManifestError, ManifestRow
 from dubflow.models.devices import lease_records
 from dubflow.models.profiles import ModelProfile, ProfileError, cache_dir, resolve_profile
 from dubflow.models.separator import SeparatorSpec
-from dubflow.media.audio import LoudnessProfile, LoudnessProfileError, parse_loudness_profile
+from dubflow.media.loudness_profiles import LoudnessProfile, LoudnessProfileError, parse_loudness_profile
 from dubflow.media.files import sha256_file
 from dubflow.tasks.conform import conform_key, conform_shot_task
 from dubflow.tasks.lipdub import lipdub_identity, lipdub_key, lipdub_pair_task

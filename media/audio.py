@@ -13,20 +13,8 @@ import torch
 from scipy import ndimage, signal
 
 from dubflow.media.io import DELIVERY_SAMPLE_RATE
-# The loudness profiles live in their own light module (the command line parses them); the stages and
-# tests name them from here too.
-from dubflow.media.loudness_profiles import (  # noqa: F401
-    ATSC_A85,
-    CUSTOM_SYNTAX,
-    DIALOGUE_GATING_NOTE,
-    EBU_R128,
-    LOUDNESS_PROFILES,
-    NETFLIX,
-    STREAMING,
-    LoudnessProfile,
-    LoudnessProfileError,
-    parse_loudness_profile,
-)
+from dubflow.media.loudness_profiles import LoudnessProfile
+
 MIN_GATED_SECONDS = 0.4  # BS.1770 needs one 400 ms block before integrated loudness means anything
 
 

@@ -37,15 +37,14 @@ from prefect.cache_policies import NO_CACHE
 from scipy import signal
 
 from dubflow.media.audio import (
-    EBU_R128,
     MIN_DIALOGUE_S,
     SILENCE_FLOOR_DBFS,
     resample_to_delivery,
-    LoudnessProfile,
     dialogue_regions,
     program_loudness,
     true_peak_dbtp,
 )
+from dubflow.media.loudness_profiles import EBU_R128, LoudnessProfile
 from dubflow.media.files import atomic_write_bytes
 from dubflow.media.io import DELIVERY_SAMPLE_RATE, PCM24_MAX, Colour, MediaError, MediaInfo, probe_many, read_audio
 from dubflow.tasks.conform import ConformedShot

@@ -20,8 +20,6 @@ from dubflow.manifests.schema import ManifestRow, resolve_source
 from dubflow.models.separator import SeparatorSpec, resample_to_delivery
 from dubflow.media.files import sha256_file
 from dubflow.media.audio import (
-    EBU_R128,
-    LoudnessProfile,
     db_to_gain,
     dialogue_regions,
     fit_length,
@@ -30,6 +28,7 @@ from dubflow.media.audio import (
     picture_samples,
     program_loudness,
 )
+from dubflow.media.loudness_profiles import EBU_R128, LoudnessProfile
 from dubflow.tasks.lipdub import DubbedTake
 from dubflow.media.io import (
     DELIVERY_SAMPLE_RATE,

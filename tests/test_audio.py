@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dubflow.media.audio import (
+from dubflow.media.audio import dialogue_regions, mix_to_profile, program_loudness
+from dubflow.media.loudness_profiles import (
     ATSC_A85,
     EBU_R128,
     LOUDNESS_PROFILES,
@@ -18,10 +19,7 @@ from dubflow.media.audio import (
     STREAMING,
     LoudnessProfile,
     LoudnessProfileError,
-    dialogue_regions,
-    mix_to_profile,
     parse_loudness_profile,
-    program_loudness,
 )
 from dubflow.media.io import read_audio
 from media_corpus import ebur128

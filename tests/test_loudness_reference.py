@@ -9,16 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dubflow.media.audio import (
-    ATSC_A85,
-    EBU_R128,
-    STREAMING,
-    LoudnessProfile,
-    integrated_loudness,
-    mix_to_profile,
-    parse_loudness_profile,
-    true_peak_dbtp,
-)
+from dubflow.media.audio import integrated_loudness, mix_to_profile, true_peak_dbtp
+from dubflow.media.loudness_profiles import ATSC_A85, EBU_R128, STREAMING, LoudnessProfile, parse_loudness_profile
 from media_corpus import RATE, db, ebur128
 
 # EBU Tech 3341 (2016) tolerances: integrated loudness ±0.1 LU on its test signals, true peak +0.2/−0.4 dB

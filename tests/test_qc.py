@@ -20,7 +20,8 @@ from scipy import signal
 
 from dubflow.manifests.schema import ManifestRow
 from dubflow.models.separator import SeparatorSpec, build_smoke_separator
-from dubflow.media.audio import EBU_R128, fit_length, picture_samples
+from dubflow.media.audio import fit_length, picture_samples
+from dubflow.media.loudness_profiles import EBU_R128
 from dubflow.tasks.conform import conform_shot
 from dubflow.tasks.lipdub import DubbedTake
 from dubflow.media.io import AudioTrack, Colour, PictureFormat, quantize_pcm24, read_audio, read_frames, read_track, write_video, write_wav
