@@ -53,6 +53,14 @@ MEL_LOG_FLOOR = 1e-5
 RESAMPLE_ZERO_CROSSINGS = 6
 RESAMPLE_ROLLOFF = 0.99
 TIMESTEP_SCALE = 1000.0  # the transformer takes sigma * 1000, as diffusers' flow-matching scheduler feeds it
+# Decode tiles (when the VAE tiles, i.e. on a GPU) as upstream DubIt's AUTO_TILING for LTX-2's
+# convolutional VAE (ltx-pipelines `tiling_config_for_vae`, ltx-core `TileSizeConfig.from_long_side`):
+# 768 px on the long side, the short side's tile scaled by the aspect ratio on the latent grid, 64 px
+# of overlap. A shot upstream decodes in one tile is decoded whole here too; diffusers' default 512 px
+# tiles split a 512x768 shot and moved its frames 2.9e-2 from upstream's (H200, docs/fidelity.md).
+# Upstream also tiles time (80 frames, 24 overlap); diffusers decodes the clip's frames together.
+DECODE_TILE_LONG_SIDE = 768
+DECODE_TILE_OVERLAP = 64
 
 
 @dataclass(frozen=True)
@@ -403,7 +411,9 @@ class LTX2LipDubPipeline(LTX2InContextPipeline):
         latents = self._denormalize_latents(latents, self.vae.latents_mean, self.vae.latents_std)
         # Decode at timestep 0 (no decode noise): the VAE sees exactly the sampled latent.
         timestep = torch.zeros(1, device=latents.device, dtype=self.vae.dtype) if self.vae.config.timestep_conditioning else None
-        pixels = self.vae.decode(latents.to(self.vae.dtype), timestep, return_dict=False)[0]
+        cell = self.vae_spatial_compression_ratio
+        with _decode_tiles(self.vae, *decode_tile_size(grid[1] * cell, grid[2] * cell, cell)):
+            pixels = self.vae.decode(latents.to(self.vae.dtype), timestep, return_dict=False)[0]
         return ((pixels[0].float().permute(1, 0, 2, 3) + 1.0) / 2.0).clamp(0.0, 1.0)
 
     def _decode_audio(self, audio: torch.Tensor, audio_frames: int) -> torch.Tensor:
@@ -413,6 +423,34 @@ class LTX2LipDubPipeline(LTX2InContextPipeline):
         )
         mel = self.audio_vae.decode(latents.to(self.audio_vae.dtype), return_dict=False)[0]
         return self.vocoder(mel.to(self.vocoder.dtype))[0].float()
+
+
+def decode_tile_size(height: int, width: int, cell: int) -> tuple[int, int]:
+    """Upstream's decode tile (height, width) in pixels for a ``height`` x ``width`` picture whose latent
+    grid has ``cell``-pixel cells: the long side's 768 px scaled to each side in whole cells."""
+    long_cells = max(height, width) // cell
+
+    def side(length: int) -> int:
+        cells = max(2, DECODE_TILE_OVERLAP // cell + 1, round(DECODE_TILE_LONG_SIDE // cell * (length // cell) / long_cells))
+        return max(cells * cell, 2 * cell, DECODE_TILE_OVERLAP + cell)
+
+    return side(height), side(width)
+
+
+@contextmanager
+def _decode_tiles(vae: AutoencoderKLLTX2Video, height: int, width: int) -> Iterator[None]:
+    """The VAE's spatial tiles set to ``height`` x ``width`` px with upstream's overlap for one decode; the
+    encoder's tiles (the same attributes) are left as they were."""
+    names = ("tile_sample_min_height", "tile_sample_min_width", "tile_sample_stride_height", "tile_sample_stride_width")
+    saved = {name: getattr(vae, name) for name in names}
+    values = (height, width, height - DECODE_TILE_OVERLAP, width - DECODE_TILE_OVERLAP)
+    for name, value in zip(names, values):
+        setattr(vae, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(vae, name, value)
 
 
 def clamp_vocoder_before_bandwidth_extension(vocoder: LTX2VocoderWithBWE) -> None:

@@ -27,7 +27,7 @@ from dubflow.tasks.validate import Shot
 
 logger = logging.getLogger(__name__)
 
-LIPDUB_VERSION = 5  # bump when the stage's output changes for the same inputs (3: upstream DubIt's algorithm; 4: the soundtrack conformed to the picture; 5: the vocoder clamps before bandwidth extension, as upstream)
+LIPDUB_VERSION = 6  # bump when the stage's output changes for the same inputs (3: upstream DubIt's algorithm; 4: the soundtrack conformed to the picture; 5: the vocoder clamps before bandwidth extension, as upstream; 6: GPU decode tiles as upstream's)
 WEIGHT_HASHES_FILE = "weight-hashes.json"  # per-file content hashes of the LTX weights, in the cache folder
 # After a GPU out-of-memory error the take is tried once more in windows of this many frames
 # (8k+1; about 5 s at 24 fps): each pass holds fewer tokens, so its activations need less memory.

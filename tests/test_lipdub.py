@@ -27,6 +27,7 @@ from dubflow.models.lipdub import (
     get_resident_model,
     read_reference_downscale_factor,
 )
+from dubflow.models import lipdub_pipeline
 from dubflow.models.kernels import Kernels
 from dubflow.models.ltx_files import LIPDUB_LORA_FILE
 
@@ -400,6 +401,32 @@ def test_padding_keeps_every_source_pixel_and_the_exact_rate(model: LipDubModel)
     np.testing.assert_array_equal(pixels[7:, top : top + 60, left : left + 100], np.stack([frames[-1]] * 2))
     np.testing.assert_array_equal(pixels[:7, :top, left : left + 100], np.repeat(frames[:, :1], top, axis=1))
     np.testing.assert_array_equal(pixels[:7, top : top + 60, :left], np.repeat(frames[:, :, :1], left, axis=2))
+
+
+def test_a_tiled_decode_uses_upstreams_tiles(model: LipDubModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU the VAE decodes in tiles. A 512x768 picture is one of upstream's tiles: it must come out
+    exactly as the untiled decode, which diffusers' default 512 px tiles do not give; the tile settings
+    the encoder uses are left as they were."""
+    pipe = model.pipe
+    cell = pipe.vae_spatial_compression_ratio
+    grid = (2, 512 // cell, 768 // cell)
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, grid[0] * grid[1] * grid[2], pipe.vae.config.latent_channels, generator=generator)
+    settings = ("tile_sample_min_height", "tile_sample_min_width", "tile_sample_stride_height", "tile_sample_stride_width")
+    before = {name: getattr(pipe.vae, name) for name in settings}
+    with torch.inference_mode():
+        untiled = pipe._decode_video(latents, grid)
+        pipe.vae.enable_tiling()
+        try:
+            tiled = pipe._decode_video(latents, grid)
+            after = {name: getattr(pipe.vae, name) for name in settings}
+            monkeypatch.setattr(lipdub_pipeline, "decode_tile_size", lambda height, width, cell: (512, 512))
+            diffusers_tiles = pipe._decode_video(latents, grid)
+        finally:
+            pipe.vae.disable_tiling()
+    assert torch.equal(tiled, untiled)
+    assert not torch.equal(diffusers_tiles, untiled)
+    assert after == before
 
 
 def test_a_30_second_shot_is_windowed_and_stitched_exactly(model: LipDubModel) -> None:

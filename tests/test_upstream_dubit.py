@@ -26,10 +26,12 @@ from safetensors.torch import load_file, save_file
 from dubflow.models.lipdub import LipDubLoadError, LipDubModel, build_smoke_weights, load_upsampler_file
 from dubflow.models.lipdub_pipeline import (
     AUDIO_REFERENCE_GAP_SECONDS,
+    DECODE_TILE_OVERLAP,
     STAGE_1_SIGMAS,
     STAGE_2_SIGMAS,
     PromptEmbedding,
     ShotReferences,
+    decode_tile_size,
     log_mel,
     resample_sinc,
 )
@@ -215,6 +217,14 @@ def test_voice_encoding_matches_upstream(model: LipDubModel, reference) -> None:
     with torch.inference_mode():
         tokens = model.pipe.encode_voice(tensors["voice.48000.wave"], 48_000)
     assert _relative(tokens.latents, model.pipe._pack_audio_latents(tensors["encode.voice"])) <= TOLERANCE
+
+
+@pytest.mark.parametrize("size", json.loads((DATA / "decode_tiles.json").read_text())["tiles"],
+                         ids=lambda size: f"{size['height']}x{size['width']}")
+def test_decode_tiles_are_upstreams(size: dict[str, int]) -> None:
+    """On a GPU dubflow decodes in upstream's spatial tiles: the same tile sizes and overlap."""
+    assert decode_tile_size(size["height"], size["width"], size["scale"]) == (size["tile_height"], size["tile_width"])
+    assert DECODE_TILE_OVERLAP == size["overlap_height"] == size["overlap_width"]
 
 
 def test_decoded_audio_is_at_upstreams_rate(model: LipDubModel, reference) -> None:

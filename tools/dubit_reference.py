@@ -26,6 +26,9 @@ licence forbids committing or vendoring it) and writes, into one folder under ``
     the voice front end: upstream's ``AudioProcessor`` (torchaudio resampler + log-mel) on one
     waveform at 16, 44.1 and 48 kHz, stereo and mono. The metadata names the upstream commit and the
     geometry.
+``decode_tiles.json``
+    Upstream's decode tiles (``AUTO_TILING``) for that checkpoint's VAE at several picture sizes, with
+    the commit.
 
 It is upstream's own code path throughout: ``DiffusionStage`` with its conditioning classes
 (``VideoConditionByReferenceLatent``, ``AudioConditionByReferenceLatent`` via
@@ -409,6 +412,30 @@ def voice_front_end(generator: torch.Generator) -> dict[str, torch.Tensor]:
     return tensors
 
 
+# Picture sizes (height, width) at which upstream's decode tiles are recorded: landscape, portrait,
+# square, UHD, and sizes upstream decodes in one tile.
+TILED_SIZES = ((256, 384), (512, 768), (544, 960), (768, 1280), (832, 1536), (1024, 1024), (1088, 1920),
+               (1920, 1088), (2176, 3840))
+
+
+def decode_tiles(checkpoint: Path) -> list[dict[str, int]]:
+    """Upstream DubIt's decode tiling (``AUTO_TILING``) for ``checkpoint``'s VAE (LTX-2.3's is convolutional)
+    at ``TILED_SIZES``."""
+    from ltx_core.tiling import TileSizeConfig
+    from ltx_core.types import VIDEO_SCALE_FACTORS
+    from ltx_pipelines.utils.helpers import tiling_config_for_vae
+
+    rows = []
+    for height, width in TILED_SIZES:
+        config = tiling_config_for_vae(str(checkpoint), height=height, width=width, num_frames=121)
+        assert isinstance(config, TileSizeConfig), config
+        rows.append({"height": height, "width": width, "scale": VIDEO_SCALE_FACTORS.height,
+                     "tile_height": config.height.tile_size, "tile_width": config.width.tile_size,
+                     "overlap_height": config.height.overlap, "overlap_width": config.width.overlap,
+                     "tile_frames": config.frames.tile_size, "overlap_frames": config.frames.overlap})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--upstream", type=Path, required=True, help="the LTX-2 checkout (outside this repository)")
@@ -434,6 +461,7 @@ def main() -> None:
         "torch": torch.__version__,
     }
     save_file({k: v.detach().clone().contiguous() for k, v in tensors.items()}, str(args.out / "reference.safetensors"), metadata=metadata)
+    (args.out / "decode_tiles.json").write_text(json.dumps({"upstream_commit": args.commit, "tiles": decode_tiles(args.out / CHECKPOINT)}, indent=1) + "\n")
     for name in (CHECKPOINT, UPSAMPLER):  # ternary weights: xz keeps the repository small (the test unpacks them)
         raw = args.out / name
         (args.out / f"{name}.xz").write_bytes(lzma.compress(raw.read_bytes(), preset=9))
