@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from validation_memo import REPO, export_commit
+from validation_memo import export_commit, write_report
 
 RESULT_PREFIX = "SAMPLES_SECONDS "
 
@@ -116,11 +116,7 @@ def main() -> None:
                                 for size in ("full", "quarter") for k, kind in enumerate(("wall", "cpu"))}}
             print(f"{route} (median): " + ", ".join(f"{key} {value:.2f}" for key, value in median[route].items()))
         if args.json:
-            args.json.write_text(json.dumps({
-                "before_commit": args.before, "after_commit": subprocess.run(
-                    ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
-                "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg(), "runs": runs, "median": median,
-            }, indent=1))
+            write_report(args.json, args.before, runs, median)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,13 @@ def export_commit(commit: str, directory: Path) -> Path:
     return directory
 
 
+def write_report(path: Path, before: str, runs: list[dict], median: dict) -> None:
+    """The runs of both routes and their medians, with the two commits and the machine's load, as JSON."""
+    after = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    path.write_text(json.dumps({"before_commit": before, "after_commit": after, "cpus": os.cpu_count(),
+                                "load_average_at_end": os.getloadavg(), "runs": runs, "median": median}, indent=1))
+
+
 def child(manifest: Path, out: Path, run_id: str, tree: Path | None) -> None:
     """One `dubflow run`, its two validations timed; prints RESULT_PREFIX + JSON [cli s, flow s]."""
     import dubflow.tasks.validate as validate
@@ -127,11 +134,7 @@ def main() -> None:
             print(f"{route}: check_inputs {summary[route]['check_inputs_median_s']:.3f} s, flow "
                   f"{summary[route]['flow_median_s']:.3f} s, both {summary[route]['total_median_s']:.3f} s (median)")
         if args.json:
-            args.json.write_text(json.dumps({
-                "before_commit": args.before, "after_commit": subprocess.run(
-                    ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
-                "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg(), "runs": runs, "median": summary,
-            }, indent=1))
+            write_report(args.json, args.before, runs, summary)
 
 
 if __name__ == "__main__":
