@@ -23,7 +23,9 @@ from importlib import metadata
 from pathlib import Path
 
 import dask
+import distributed
 import torch
+from distributed.comm.addressing import normalize_address, resolve_address
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
@@ -80,6 +82,7 @@ def task_runner_for(cluster: str | None = None) -> TaskRunner:
     waiting on the lease and their pairs' downstream stages in threads)."""
     address = cluster or os.environ.get(CLUSTER_ENV)
     if address:
+        check_no_other_dask_client(address, address)
         return DaskTaskRunner(address=address)
     cluster_class = os.environ.get(CLUSTER_CLASS_ENV)
     if cluster_class:
@@ -88,8 +91,35 @@ def task_runner_for(cluster: str | None = None) -> TaskRunner:
             kwargs = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise ClusterError(f"{CLUSTER_KWARGS_ENV} is not JSON ({exc}); e.g. '{{\"n_workers\": 2}}'") from None
+        check_no_other_dask_client(None, f"a new {cluster_class}")
         return DaskTaskRunner(cluster_class=cluster_class, cluster_kwargs=kwargs)
     return ThreadPoolTaskRunner(max_workers=runner_threads())
+
+
+def check_no_other_dask_client(address: str | None, asked: str) -> None:
+    """prefect-dask runs on this process's default Dask client whenever there is one, whatever address
+    or cluster class it was given (its `DaskTaskRunner.client`): refuse a run that would silently go to
+    another cluster than ``asked`` (``address``, when one was given)."""
+    try:
+        client = distributed.get_client()
+    except ValueError:  # no Dask client in this process
+        return
+    existing = client.scheduler.address
+    if address is not None and _scheduler(address) == _scheduler(existing):
+        return
+    raise ClusterError(
+        f"this process already holds a Dask client connected to {existing}, and prefect-dask would run there "
+        f"instead of on {asked}: close that client (client.close()) first, or ask for {existing}"
+    )
+
+
+def _scheduler(address: str) -> str:
+    """A scheduler address in one spelling: protocol added, host name resolved."""
+    address = normalize_address(address)
+    try:
+        return resolve_address(address)
+    except (OSError, ValueError):  # unresolvable: compared as written
+        return address
 
 
 def runner_threads() -> int:

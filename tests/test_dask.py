@@ -17,10 +17,11 @@ import torch
 from distributed import Client, LocalCluster
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
+from prefect_dask import DaskTaskRunner
 
 from dubflow.flows.cli import main
 from dubflow.flows import localize as localize_module
-from dubflow.flows.localize import localize
+from dubflow.flows.localize import ClusterError, localize, task_runner_for
 from dubflow.models.devices import lease_records
 from dubflow.models.lipdub import LipDubModel
 from dubflow.models.profiles import cache_dir
@@ -106,6 +107,17 @@ def test_two_gpu_workers_run_lipdub_one_take_each_and_match_the_thread_runner(
         running += change
         most = max(most, running)
     assert most <= 2
+
+
+def test_a_dask_client_already_open_on_another_cluster_is_refused(two_gpu_cluster: LocalCluster) -> None:
+    """prefect-dask would run on this process's default client, whatever address it was given."""
+    address = two_gpu_cluster.scheduler_address
+    other = "tcp://127.0.0.1:1"
+    with Client(address):
+        with pytest.raises(ClusterError, match=f"already holds a Dask client connected to {address}.*instead of on {other}"):
+            task_runner_for(other)
+        assert isinstance(task_runner_for(address.replace("tcp://", "")), DaskTaskRunner)  # the same cluster, spelt otherwise
+    assert isinstance(task_runner_for(other), DaskTaskRunner)  # no client open: nothing to refuse
 
 
 def test_a_cluster_without_gpu_workers_is_refused_with_the_fix(
