@@ -46,7 +46,7 @@ from dubflow.media.audio import (
 )
 from dubflow.media.loudness_profiles import EBU_R128, LoudnessProfile
 from dubflow.media.files import atomic_write_bytes
-from dubflow.media.io import DELIVERY_SAMPLE_RATE, PCM24_MAX, Colour, MediaError, MediaInfo, probe_many, read_audio
+from dubflow.media.io import DELIVERY_SAMPLE_RATE, PCM24_MAX, Colour, MediaInfo, probe_all, read_audio
 from dubflow.tasks.conform import ConformedShot
 from dubflow.tasks.remix import RemixedPair
 from dubflow.tasks.separate import SeparatedShot
@@ -172,16 +172,6 @@ def check_wav(name: str, path: Path, channels: int, duration: Fraction) -> list[
               f"{float(duration):.6f} s ± {DURATION_TOLERANCE_MS:g} ms"),
         Check(f"{name} clipping", full_scale == 0, f"{full_scale} samples at full scale", "0"),
     ]
-
-
-def probe_pictures(paths: list[Path]) -> list[MediaInfo]:
-    """`probe` for a pair's delivered picture files, in one child process: a probe is isolated in a
-    child (media/io.py), and one child start-up for the pair instead of one per file."""
-    found = probe_many(paths, processes=1)
-    for answer in found:
-        if isinstance(answer, MediaError):
-            raise answer
-    return found
 
 
 def check_picture(name: str, path: Path, picture: MediaInfo, source: MediaInfo, mix: Path, codec: str) -> list[Check]:
@@ -410,7 +400,7 @@ def qc_pair(
     if files.mezzanine is not None:
         pictures["mezzanine"] = (files.mezzanine, "prores")
     checks = []
-    probed = probe_pictures([path for path, _ in pictures.values()])
+    probed = probe_all([path for path, _ in pictures.values()])  # one child start-up for the pair
     for (name, (path, codec)), picture in zip(pictures.items(), probed):
         checks += check_picture(name, path, picture, media, files.mix, codec)
     if files.mezzanine is not None:
