@@ -11,8 +11,8 @@ inputs and noise. Then, the transformer freed, the rest of the model at full siz
 upsampler, video VAE, audio VAE and vocoder with seeded random weights, written by upstream's own
 configurators into upstream's single-file layout and upscaler file; upstream's pipeline blocks
 (``VideoUpsampler``, ``VideoDecoder``, ``AudioDecoder``) run in fp32 and bf16, and dubflow's loaders
-(``checkpoint_component_keys`` + strict loading into diffusers' classes configured by ``LTX_2_3``,
-``load_upsampler_file``) and pipeline methods (``_upsample``, ``_decode_video``, ``_decode_audio``) in
+(``load_checkpoint_component``: the single file's key conversion and strict loading into diffusers'
+classes configured by ``LTX_2_3``; ``load_upsampler_file``) and pipeline methods (``_upsample``, ``_decode_video``, ``_decode_audio``) in
 bf16, each on upstream-fp32's own stage latents. Per checkpoint (first transformer forward, stage-1
 video and audio latents, stage-2 video latent, upsampled latent, decoded frames, decoded audio) it
 prints ‖x − upstream_fp32‖ / ‖upstream_fp32‖ for both bf16 runs and whether dubflow's is within 2× of
@@ -276,25 +276,24 @@ def run_upstream_decoders(files: tuple[Path, Path], latents: dict, dtype: torch.
 
 def run_dubflow_decoders(files: tuple[Path, Path], latents: dict, device: torch.device) -> dict:
     """dubflow's loaders and pipeline methods, bf16, as a run on a GPU loads and calls them."""
-    from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, FlowMatchEulerDiscreteScheduler
-    from diffusers.pipelines.ltx2 import LTX2VocoderWithBWE
+    from diffusers import FlowMatchEulerDiscreteScheduler
     from safetensors.torch import load_file
 
-    from dubflow.models.lipdub import LipDubModel, _load_strictly, checkpoint_component_keys, load_upsampler_file
+    from dubflow.models.lipdub import LipDubModel, load_checkpoint_component, load_upsampler_file
     from dubflow.models.lipdub_pipeline import LTX2LipDubPipeline
     from dubflow.models.ltx2_architectures import LTX_2_3, build_components_on_meta, build_tokenizer
 
     dtype = torch.bfloat16
     official = load_file(str(files[0]))
-    classes = {"vae": AutoencoderKLLTX2Video, "audio_vae": AutoencoderKLLTX2Audio, "vocoder": LTX2VocoderWithBWE}
-    loaded = {name: _load_strictly(cls, getattr(LTX_2_3, name), checkpoint_component_keys(name, official), dtype, name)
-              for name, cls in classes.items()}
+    bundled = ("vae", "audio_vae", "vocoder")
+    loaded = {name: load_checkpoint_component(name, official, getattr(LTX_2_3, name), dtype, files[0].name)
+              for name in bundled}
     pipe = LTX2LipDubPipeline(
         **build_components_on_meta(LTX_2_3, ("text_encoder", "connectors", "transformer")), **loaded,
         latent_upsampler=load_upsampler_file(files[1], dtype), scheduler=FlowMatchEulerDiscreteScheduler(**LTX_2_3.scheduler),
         tokenizer=build_tokenizer(LTX_2_3.tokenizer_window),
     )
-    for name in (*classes, "latent_upsampler"):
+    for name in (*bundled, "latent_upsampler"):
         getattr(pipe, name).to(device)
     LipDubModel(pipe, reference_downscale_factor=1, identity="random weights")  # as a load: the vocoder in fp32
     video_1, video_2 = latents["stage_1.video"], latents["stage_2.video"]

@@ -75,6 +75,7 @@ __all__ = [
     "get_resident_model",
     "get_resident_random_model",
     "checkpoint_component_keys",
+    "load_checkpoint_component",
     "load_checkpoint_components",
     "load_upsampler_file",
     "upsampler_file_config",
@@ -253,8 +254,7 @@ def load_checkpoint_components(checkpoint: Path, config_dir: Path, dtype: torch.
     The transformer goes through diffusers' single-file loader; the others are loaded strictly from
     their converted keys (:func:`checkpoint_component_keys`).
     """
-    from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, LTX2VideoTransformer3DModel
-    from diffusers.pipelines.ltx2 import LTX2VocoderWithBWE
+    from diffusers import LTX2VideoTransformer3DModel
     from safetensors import safe_open
 
     prefixes = tuple(CHECKPOINT_PREFIXES.values())
@@ -265,18 +265,34 @@ def load_checkpoint_components(checkpoint: Path, config_dir: Path, dtype: torch.
         raise LipDubLoadError(
             f"{checkpoint}: no {CHECKPOINT_PREFIXES['transformer']}* tensors: not an LTX-2 single-file checkpoint"
         )
-    classes = {"vae": AutoencoderKLLTX2Video, "audio_vae": AutoencoderKLLTX2Audio, "vocoder": LTX2VocoderWithBWE}
     components = {}
     for name in present:
-        state = checkpoint_component_keys(name, official)
         if name == "transformer":
             components[name] = LTX2VideoTransformer3DModel.from_single_file(
-                state, config=str(config_dir), subfolder="transformer", torch_dtype=dtype
+                checkpoint_component_keys(name, official), config=str(config_dir), subfolder="transformer",
+                torch_dtype=dtype,
             )
         else:
-            config = classes[name].load_config(config_dir / name)
-            components[name] = _load_strictly(classes[name], config, state, dtype, f"{checkpoint} ({name})")
+            config = _bundled_class(name).load_config(config_dir / name)
+            components[name] = load_checkpoint_component(name, official, config, dtype, str(checkpoint))
     return components
+
+
+def load_checkpoint_component(
+    name: str, official: dict[str, torch.Tensor], config: dict, dtype: torch.dtype, source: str
+) -> torch.nn.Module:
+    """The video VAE, audio VAE or vocoder (``name``) of an official single-file checkpoint's tensors
+    (``official``, keyed as in the file), built from ``config`` and loaded strictly."""
+    state = checkpoint_component_keys(name, official)
+    return _load_strictly(_bundled_class(name), config, state, dtype, f"{source} ({name})")
+
+
+def _bundled_class(name: str) -> type:
+    """diffusers' class for a component the single file bundles beside the transformer."""
+    from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video
+    from diffusers.pipelines.ltx2 import LTX2VocoderWithBWE
+
+    return {"vae": AutoencoderKLLTX2Video, "audio_vae": AutoencoderKLLTX2Audio, "vocoder": LTX2VocoderWithBWE}[name]
 
 
 def load_upsampler_file(path: Path, dtype: torch.dtype) -> torch.nn.Module:
